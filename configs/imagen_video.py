@@ -8,6 +8,8 @@ One file describes every stage of the seven-stage cascade at three sizes:
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from imagen_video_jax.config import parse_config_arg
@@ -47,6 +49,57 @@ def model_config(name: str, size: str) -> ml_collections.ConfigDict:
     raise NotImplementedError  # filled in with the VideoUNet
 
 
+def diffusion_config(name: str, size: str) -> ml_collections.ConfigDict:
+    """Noise schedule, parameterization and noise-conditioning augmentation."""
+    spec = cascade_stages(size)[name]
+    base = cascade_stages(size)["base"]
+    return ml_collections.ConfigDict(
+        {
+            "prediction": "v",  # v | eps | x (v is the paper's choice)
+            "schedule": "cosine",  # cosine | linear log-SNR schedule
+            "logsnr_min": -20.0,  # log-SNR at t = 1
+            "logsnr_max": 20.0,  # log-SNR at t = 0
+            # Shift of the cosine schedule, 2 log(base_res / res): high-resolution stages see
+            # more noise at the same t (0 for stages at the base resolution).
+            "resolution_shift": 2.0 * math.log(base.height / spec.height),
+            "cond_aug_logsnr_range": (-1.0, 10.0),  # train: cond noised at U(range) log-SNR
+            "cond_aug_logsnr_sample": math.log(3.0),  # sample: fixed cond level (SNR 3)
+            "text_drop_prob": 0.1,  # text dropped to the null embedding for CFG
+        }
+    )
+
+
+def sample_config(name: str, size: str) -> ml_collections.ConfigDict:
+    """How this stage samples inside the cascade (undistilled defaults)."""
+    spec = cascade_stages(size)[name]
+    return ml_collections.ConfigDict(
+        {
+            "sampler": "ddim",  # ddim | ancestral | stochastic | pc
+            "num_steps": 256 if name == "base" else 128,  # paper: 256 base, 128 SR
+            "guidance_weight": 15.0 if spec.height * spec.width <= 48 * 80 else 5.0,
+            # Oscillating guidance (w, 1, w, 1, ...) after a constant-w start, only for stages
+            # at or below 80x48 (the paper's rule); higher stages use constant w.
+            "oscillating": spec.height * spec.width <= 48 * 80,
+            "dynamic_threshold": 0.995,  # percentile for dynamic thresholding; 0 disables
+        }
+    )
+
+
+def data_config(name: str, size: str) -> ml_collections.ConfigDict:
+    """Training data of this stage (see imagen_video_jax.data)."""
+    return ml_collections.ConfigDict()
+
+
+def train_config(name: str, size: str) -> ml_collections.ConfigDict:
+    """Optimizer, schedule, EMA, checkpointing and logging (see imagen_video_jax.train)."""
+    return ml_collections.ConfigDict()
+
+
+def mesh_config(size: str) -> ml_collections.ConfigDict:
+    """Device mesh and logical-axis rules (see imagen_video_jax.parallel)."""
+    return ml_collections.ConfigDict()
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_config_arg(arg, DEFAULTS)
     name, size = args["stage"], args["size"]
@@ -54,4 +107,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.stage = stage_config(name, size)
     config.text_encoder = text_encoder_config(size)
     config.model = model_config(name, size)
+    config.diffusion = diffusion_config(name, size)
+    config.sample = sample_config(name, size)
+    config.data = data_config(name, size)
+    config.train = train_config(name, size)
+    config.mesh = mesh_config(size)
     return config

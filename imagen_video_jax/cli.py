@@ -13,10 +13,16 @@ import sys
 # name -> (module implementing it, one-line help)
 COMMANDS = {
     "train": ("imagen_video_jax.train.cli", "train one cascade stage from a config"),
-    "distill": ("imagen_video_jax.train.distill_cli", "guided + progressive distillation of a stage"),
+    "distill": (
+        "imagen_video_jax.train.distill_cli",
+        "guided + progressive distillation of a stage",
+    ),
     "sample": ("imagen_video_jax.cascade.cli", "sample videos from text with the cascade"),
     "eval": ("imagen_video_jax.eval.cli", "FVD, KVD and caption accuracy of a cascade"),
-    "prepare": ("imagen_video_jax.data.cli", "build a dataset (moving_digits, photo_motion, video_folder)"),
+    "prepare": (
+        "imagen_video_jax.data.cli",
+        "build a dataset (moving_digits, photo_motion, video_folder)",
+    ),
     "bench": ("imagen_video_jax.bench", "run the benchmarks of BENCHMARKS.md"),
     "demo": ("imagen_video_jax.cascade.demo", "sample a captioned video from the bundled cascade"),
 }

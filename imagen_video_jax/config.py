@@ -29,11 +29,15 @@ def parse_config_arg(arg: str | None, defaults: dict[str, str]) -> dict[str, str
     return values
 
 
-def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
-    """Load ``file.py[:arg]`` and apply ``a.b=value`` overrides (values parsed as Python literals)."""
+def load_config(
+    spec: str, overrides: list[str] | tuple[str, ...] = ()
+) -> ml_collections.ConfigDict:
+    """Load ``file.py[:arg]`` and apply ``a.b=value`` overrides (Python literals or strings)."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} not found (expected e.g. configs/imagen_video.py)")
+        raise FileNotFoundError(
+            f"config file {path!r} not found (expected e.g. configs/imagen_video.py)"
+        )
     module_name = "_imagen_video_config_" + os.path.splitext(os.path.basename(path))[0]
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
