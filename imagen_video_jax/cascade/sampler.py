@@ -1,0 +1,163 @@
+"""One stage's sampling loop: text (+ the previous stage's video) -> video, as one jitted call.
+
+The loop runs each example with its own random key (vmapped), so a batch of prompts gives the
+same videos as the prompts one by one with the same seeds. Classifier-free guidance evaluates
+the conditional and the null-text branch as one batched model call; distilled students take the
+guidance weight as an input instead. Compiled functions are cached per (sampler, steps,
+guidance mode); guidance weights are a runtime input, so new prompts, seeds or weights never
+recompile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imagen_video_jax.cascade.specs import SamplingSettings, is_distilled, spec_from_config
+from imagen_video_jax.diffusion.guidance import cfg_model_fn, dynamic_threshold, per_step_weights
+from imagen_video_jax.diffusion.losses import noise_augment
+from imagen_video_jax.diffusion.samplers import get_sampler
+from imagen_video_jax.models import VideoUNet
+from imagen_video_jax.train.objective import (
+    diffusion_schedule,
+    null_text,
+    video_to_float,
+    video_to_uint8,
+)
+
+Progress = Callable[[int, int], None]
+ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def guidance_mode(config: Mapping[str, Any], weights: np.ndarray) -> str:
+    """'input' (distilled student: w is a model input), 'cfg' (two branches in one call) or
+    'none' (no text, or every weight 0: the conditional branch alone)."""
+    if not config["model"].get("use_text", True):
+        return "none"
+    if is_distilled(config):
+        return "input"
+    return "cfg" if np.any(weights != 0) else "none"
+
+
+class StageSampler:
+    """Samples one stage: ``sampler(params, keys, text, text_mask, cond, settings)``.
+
+    ``keys`` holds one PRNG key per example; ``cond`` is the previous stage's video, uint8 or
+    float in [-1, 1] (None for the base stage). Returns uint8 video [B, T, H, W, 3].
+    ``trace_count`` counts how often the loop was traced (compiled), for tests and benchmarks.
+    """
+
+    def __init__(self, config: Mapping[str, Any], model: VideoUNet | None = None):
+        self.config = config
+        self.spec = spec_from_config(config)
+        self.model = VideoUNet.from_config(config["model"]) if model is None else model
+        self.schedule = diffusion_schedule(config["diffusion"])
+        self.prediction = str(config["diffusion"]["prediction"])
+        self.progress: Progress | None = None
+        self.trace_count = 0
+        self._compiled: dict[tuple, Callable] = {}
+
+    def __call__(
+        self,
+        params: Any,
+        keys: jax.Array,
+        text: jax.Array | None,
+        text_mask: jax.Array | None,
+        cond: jax.Array | None,
+        settings: SamplingSettings,
+    ) -> jax.Array:
+        weights = settings.guidance_weights()
+        mode = guidance_mode(self.config, weights)
+        if not self.model.use_text:
+            text = text_mask = None
+        fn = self._loop(settings, mode)
+        return fn(params, keys, text, text_mask, cond, jnp.asarray(weights))
+
+    def _loop(self, settings: SamplingSettings, mode: str) -> Callable:
+        """The jitted batch loop for these static settings (built once, then reused)."""
+        static = (
+            settings.sampler,
+            settings.num_steps,
+            settings.dynamic_threshold,
+            settings.cond_aug_logsnr,
+            mode,
+        )
+        if static not in self._compiled:
+            self._compiled[static] = jax.jit(self._batch_loop(settings, mode))
+        return self._compiled[static]
+
+    def _report(self, step: int, num_steps: int) -> None:
+        """Host side of the samplers' progress callback: forwards to ``self.progress``."""
+        if self.progress is not None:
+            self.progress(step, num_steps)
+
+    def _batch_loop(self, settings: SamplingSettings, mode: str) -> Callable:
+        one = self._example_loop(settings, mode)
+
+        def loop(params, keys, text, text_mask, cond, weights):
+            self.trace_count += 1
+            return jax.vmap(one, in_axes=(None, 0, 0, 0, 0, None))(
+                params, keys, text, text_mask, cond, weights
+            )
+
+        return loop
+
+    def _example_loop(self, settings: SamplingSettings, mode: str) -> Callable:
+        """Sampling of one example (arrays without a batch axis; the model sees batch 1)."""
+        sample = get_sampler(settings.sampler)
+        percentile = settings.dynamic_threshold
+        x_transform = (lambda x: dynamic_threshold(x, percentile)) if percentile > 0 else None
+        shape = (1, *self.spec.shape, self.model.out_channels)
+
+        def one(params, key, text, text_mask, cond, weights):
+            noise_key, aug_key, sample_key = jax.random.split(key, 3)
+            inputs = self._conditioning(cond, aug_key, settings.cond_aug_logsnr)
+            if text is not None:
+                inputs["text"], inputs["text_mask"] = text[None], text_mask[None].astype(bool)
+            model_fn = self._model_fn(params, inputs, per_step_weights(weights, self.schedule), mode)
+            x = sample(
+                model_fn,
+                jax.random.normal(noise_key, shape, jnp.float32),
+                sample_key,
+                num_steps=settings.num_steps,
+                schedule=self.schedule,
+                prediction=self.prediction,
+                x_transform=x_transform,
+                progress=self._report,
+            )
+            return video_to_uint8(x[0])
+
+        return one
+
+    def _conditioning(self, cond: jax.Array | None, key: jax.Array, aug_logsnr: float) -> dict:
+        """The previous stage's video (batch 1), noised at the fixed sampling level when the
+        stage was trained with noise-conditioning augmentation."""
+        if cond is None:
+            return {}
+        cond = jnp.clip(video_to_float(cond[None]), -1.0, 1.0)
+        if not self.model.cond_augmentation:
+            return {"cond": cond}
+        cond, cond_logsnr = noise_augment(cond, key, logsnr=aug_logsnr)
+        return {"cond": cond, "cond_logsnr": cond_logsnr}
+
+    def _model_fn(self, params: Any, inputs: dict, weight_at: Callable, mode: str) -> ModelFn:
+        """``fn(z, logsnr) -> prediction`` with guidance applied as ``mode`` says."""
+        variables = {"params": params}
+        apply = self.model.apply
+
+        if mode == "input":
+            return lambda z, logsnr: apply(
+                variables, z, logsnr, guidance=weight_at(logsnr), **inputs
+            )
+        if mode == "none":
+            return lambda z, logsnr: apply(variables, z, logsnr, **inputs)
+
+        null, null_mask = null_text(inputs["text"], inputs["text_mask"])
+        both = {k: jnp.concatenate([v, v]) for k, v in inputs.items()}
+        both["text"] = jnp.concatenate([inputs["text"], null])
+        both["text_mask"] = jnp.concatenate([inputs["text_mask"], null_mask])
+        return cfg_model_fn(lambda z, logsnr: apply(variables, z, logsnr, **both), weight_at)

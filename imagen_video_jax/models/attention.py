@@ -1,0 +1,164 @@
+"""Attention blocks of the Video U-Net: spatial self-attention per frame, temporal
+self-attention per pixel (relative position bias, image frames masked), and cross-attention
+to text tokens. All run through ``jax.nn.dot_product_attention`` in the compute dtype, with
+a zero-initialised output projection so each block starts as the identity.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from imagen_video_jax.models.layers import (
+    FrameGroupNorm,
+    constrain_video,
+    frame_gate,
+    kernel_init,
+    partitioned,
+)
+
+
+def heads_projection(heads: int, head_dim: int, dtype, *, parts: int, name: str, in_axis: str):
+    """Project channels to ``parts`` stacked tensors of ``heads`` x ``head_dim`` (q, k, v)."""
+    return nn.DenseGeneral(
+        (parts, heads, head_dim),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=partitioned(kernel_init(), (in_axis, None, "heads", "kv")),
+        bias_init=partitioned(nn.initializers.zeros_init(), (None, "heads", "kv")),
+        name=name,
+    )
+
+
+def output_projection(features: int, dtype, name: str = "out") -> nn.DenseGeneral:
+    """Merge heads back to ``features`` channels; zero-initialised: the block starts as identity."""
+    return nn.DenseGeneral(
+        features,
+        axis=(-2, -1),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=partitioned(kernel_init(zero=True), ("heads", "kv", "embed")),
+        bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)),
+        name=name,
+    )
+
+
+def _num_heads(channels: int, head_dim: int) -> int:
+    if channels % head_dim:
+        raise ValueError(
+            f"attention over {channels} channels needs a head_dim dividing it; got {head_dim}"
+        )
+    return channels // head_dim
+
+
+class SpatialAttention(nn.Module):
+    """Self-attention among the pixels of each frame separately: [B*T, H*W, heads, d]."""
+
+    head_dim: int
+    groups: int
+    dtype: jnp.dtype
+    implementation: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, height, width, c = x.shape
+        heads = _num_heads(c, self.head_dim)
+        h = FrameGroupNorm(self.groups, self.dtype, name="norm")(x)
+        h = h.reshape(b * t, height * width, c)
+        qkv = heads_projection(
+            heads, self.head_dim, self.dtype, parts=3, name="qkv", in_axis="embed"
+        )(h)
+        qkv = nn.with_logical_constraint(qkv, ("batch", None, None, "heads", None))
+        q, k, v = (qkv[:, :, i] for i in range(3))
+        out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+        out = output_projection(c, self.dtype)(out).reshape(x.shape)
+        return constrain_video(x + out)
+
+
+class TemporalAttention(nn.Module):
+    """Self-attention among the frames at each pixel: [B, H*W, T, heads, d].
+
+    A learned bias per head over frame offsets (clipped to ``max_distance``) gives the frames
+    their order. Image frames (``video_frames`` False) are masked out as keys for every other
+    frame and their own residual is bypassed, so for them the block is the identity.
+    """
+
+    head_dim: int
+    groups: int
+    dtype: jnp.dtype
+    max_distance: int = 32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, video_frames: jax.Array | None = None) -> jax.Array:
+        b, t, height, width, c = x.shape
+        heads = _num_heads(c, self.head_dim)
+        h = FrameGroupNorm(self.groups, self.dtype, name="norm")(x)
+        h = h.transpose(0, 2, 3, 1, 4).reshape(b, height * width, t, c)
+        qkv = heads_projection(
+            heads, self.head_dim, self.dtype, parts=3, name="qkv", in_axis="embed"
+        )(h)
+        q, k, v = (qkv[:, :, :, i] for i in range(3))
+        bias = self._relative_position_bias(heads, t)[None]
+        mask = (
+            None if video_frames is None else temporal_attention_mask(video_frames)[:, None, None]
+        )
+
+        def attend(q, k, v, mask):
+            return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+
+        out = jax.vmap(attend)(q, k, v, mask)
+        out = output_projection(c, self.dtype)(out)
+        out = out.reshape(b, height, width, t, c).transpose(0, 3, 1, 2, 4)
+        if video_frames is not None:
+            out = out * frame_gate(video_frames, out.dtype)
+        return constrain_video(x + out)
+
+    def _relative_position_bias(self, heads: int, frames: int) -> jax.Array:
+        """[heads, T, T] learned bias indexed by the clipped offset key - query."""
+        table = self.param(
+            "relative_position_bias",
+            partitioned(nn.initializers.zeros_init(), (None, "heads")),
+            (2 * self.max_distance + 1, heads),
+        )
+        offsets = jnp.arange(frames)[None, :] - jnp.arange(frames)[:, None]
+        index = jnp.clip(offsets, -self.max_distance, self.max_distance) + self.max_distance
+        return table[index].transpose(2, 0, 1)
+
+
+def temporal_attention_mask(video_frames: jax.Array) -> jax.Array:
+    """[B, T] (True = video frame) -> [B, T, T] keys allowed per query.
+
+    Video frames attend to video frames; an image frame attends only to itself.
+    """
+    both_video = video_frames[:, :, None] & video_frames[:, None, :]
+    return both_video | jnp.eye(video_frames.shape[1], dtype=bool)[None]
+
+
+class CrossAttention(nn.Module):
+    """Every pixel of every frame attends to the valid text tokens: [B, T*H*W, heads, d].
+
+    Each query is independent, so flattening frames into the query length mixes no frames.
+    """
+
+    head_dim: int
+    groups: int
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array, text: jax.Array, text_mask: jax.Array) -> jax.Array:
+        b, t, height, width, c = x.shape
+        heads = _num_heads(c, self.head_dim)
+        h = FrameGroupNorm(self.groups, self.dtype, name="norm")(x).reshape(
+            b, t * height * width, c
+        )
+        q = heads_projection(heads, self.head_dim, self.dtype, parts=1, name="q", in_axis="embed")(
+            h
+        )
+        kv = heads_projection(
+            heads, self.head_dim, self.dtype, parts=2, name="kv", in_axis="text_embed"
+        )(text.astype(self.dtype))
+        mask = text_mask[:, None, None, :]
+        out = jax.nn.dot_product_attention(q[:, :, 0], kv[:, :, 0], kv[:, :, 1], mask=mask)
+        out = output_projection(c, self.dtype)(out).reshape(x.shape)
+        return constrain_video(x + out)

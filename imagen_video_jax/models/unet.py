@@ -1,0 +1,325 @@
+"""The space-time separable Video U-Net shared by every stage of the cascade, VDM and NUWA-XL.
+
+Each resolution level stacks blocks of: a residual block (3x3 convolutions per frame, FiLM by
+the noise embedding), optional spatial self-attention per frame, optional cross-attention to
+text tokens, and temporal mixing across frames at each pixel ('attention', 'conv' or 'none').
+The conditioning inputs (super-resolution video, noise-augmentation level, text, NUWA-XL's
+known frames, the guidance weight of distilled students) are each enabled by a config field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from imagen_video_jax.models.attention import CrossAttention, SpatialAttention, TemporalAttention
+from imagen_video_jax.models.embeddings import ScalarEmbedding, masked_mean
+from imagen_video_jax.models.layers import (
+    Downsample,
+    FrameGroupNorm,
+    ResBlock,
+    TemporalConv,
+    Upsample,
+    constrain_video,
+    conv,
+    dense,
+)
+from imagen_video_jax.models.validation import check_config, check_inputs
+
+
+def save_matmul_outputs(prim, *_, **__) -> bool:
+    """Remat policy: keep matmul and convolution outputs, recompute the cheap elementwise ops."""
+    return prim in (jax.lax.dot_general_p, jax.lax.conv_general_dilated_p)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockOptions:
+    """Settings shared by every block of one U-Net."""
+
+    head_dim: int
+    groups: int
+    dtype: Any
+    dropout: float
+    train: bool
+    remat: str
+    temporal_max_distance: int
+    attention_impl: str | None
+
+    def wrap(self, module_cls):
+        """``module_cls`` under the configured rematerialisation."""
+        if self.remat == "none":
+            return module_cls
+        policy = save_matmul_outputs if self.remat == "dots" else None
+        return nn.remat(module_cls, policy=policy)
+
+
+class SpaceTimeBlock(nn.Module):
+    """Residual block, then spatial attention, cross-attention and temporal mixing as enabled."""
+
+    features: int
+    spatial_attention: bool
+    cross_attention: bool
+    temporal_mixing: str
+    options: BlockOptions
+
+    @nn.compact
+    def __call__(self, h, emb, text, text_mask, video_frames):
+        o = self.options
+        h = o.wrap(ResBlock)(self.features, o.groups, o.dtype, o.dropout, o.train, name="res")(
+            h, emb
+        )
+        if self.spatial_attention:
+            h = o.wrap(SpatialAttention)(
+                o.head_dim, o.groups, o.dtype, o.attention_impl, name="spatial_attention"
+            )(h)
+        if self.cross_attention:
+            h = o.wrap(CrossAttention)(o.head_dim, o.groups, o.dtype, name="cross_attention")(
+                h, text, text_mask
+            )
+        if self.temporal_mixing == "attention":
+            h = o.wrap(TemporalAttention)(
+                o.head_dim, o.groups, o.dtype, o.temporal_max_distance, name="temporal_attention"
+            )(h, video_frames)
+        elif self.temporal_mixing == "conv":
+            h = o.wrap(TemporalConv)(o.groups, o.dtype, name="temporal_conv")(h, video_frames)
+        return h
+
+
+class MaskCondition(nn.Module):
+    """NUWA-XL's visual and mask condition at one resolution, zero-initialised (identity).
+
+    ``h = w_c * h + b_c + h`` with (w_c, b_c) from the known frames, then
+    ``h = w_m * h + b_m + h`` with (w_m, b_m) from the known-frame mask; both per frame.
+    """
+
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, h: jax.Array, condition: jax.Array) -> jax.Array:
+        features = h.shape[-1]
+        visual, mask = condition[..., :-1], condition[..., -1:]
+        for name, source in (("visual", visual), ("mask", mask)):
+            w, b = jnp.split(
+                conv(
+                    2 * features, (3, 3), self.dtype, zero_init=True, names=(None, "mlp"), name=name
+                )(source),
+                2,
+                axis=-1,
+            )
+            h = w * h + b + h
+        return constrain_video(h)
+
+
+def upsample_condition(cond: jax.Array, frames: int, height: int, width: int) -> jax.Array:
+    """Low-res video [B,T',H',W',C] -> [B,T,H,W,C]: bilinear in space, frames repeated."""
+    b, cond_frames, cond_height, cond_width, c = cond.shape
+    if (cond_height, cond_width) != (height, width):
+        cond = jax.image.resize(cond, (b, cond_frames, height, width, c), method="bilinear")
+    return jnp.repeat(cond, frames // cond_frames, axis=1)
+
+
+def average_pool_frames(x: jax.Array, factor: int) -> jax.Array:
+    """Average ``factor`` x ``factor`` pixel blocks of every frame."""
+    if factor == 1:
+        return x
+    b, t, h, w, c = x.shape
+    return x.reshape(b, t, h // factor, factor, w // factor, factor, c).mean(axis=(3, 5))
+
+
+class VideoUNet(nn.Module):
+    """Space-time separable U-Net: ``(z, logsnr, ...) -> prediction`` of z's shape, float32.
+
+    Fields mirror the keys of ``config.model`` (see ``configs/imagen_video.py``). Per-level
+    tuples have one entry per resolution level.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 4, 8)
+    num_res_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    spatial_attention: tuple[bool, ...] = (False, False, True, True)
+    cross_attention: tuple[bool, ...] = (False, False, True, True)
+    temporal_mixing: tuple[str, ...] = ("attention",) * 4
+    head_dim: int = 64
+    temporal_max_distance: int = 32
+    norm_groups: int = 32
+    emb_channels: int = 512
+    use_text: bool = True
+    text_dim: int = 768
+    cond_channels: int = 0
+    cond_augmentation: bool = False
+    mask_condition: bool = False
+    guidance_input: bool = False
+    dropout: float = 0.0
+    dtype: str = "bfloat16"
+    attention_impl: str = "auto"
+    remat: str = "none"
+
+    @classmethod
+    def from_config(cls, model_config: Mapping[str, Any]) -> VideoUNet:
+        """Build from ``config.model`` (a ConfigDict or dict); unknown keys raise ValueError."""
+        values = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
+        fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(
+                f"unknown VideoUNet config field(s) {unknown}; expected some of {sorted(fields)}"
+            )
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        model = cls(**values)
+        check_config(model)
+        return model
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.channel_mult)
+
+    def _options(self, train: bool) -> BlockOptions:
+        return BlockOptions(
+            head_dim=self.head_dim,
+            groups=self.norm_groups,
+            dtype=jnp.dtype(self.dtype),
+            dropout=self.dropout,
+            train=train,
+            remat=self.remat,
+            temporal_max_distance=self.temporal_max_distance,
+            attention_impl=None if self.attention_impl == "auto" else self.attention_impl,
+        )
+
+    def _block(self, name: str, level: int, features: int, options: BlockOptions):
+        """The SpaceTimeBlock of ``level``, with that level's attention and temporal mixing."""
+        return SpaceTimeBlock(
+            features,
+            self.spatial_attention[level],
+            self.cross_attention[level],
+            self.temporal_mixing[level],
+            options,
+            name=name,
+        )
+
+    @nn.compact
+    def __call__(
+        self,
+        z: jax.Array,
+        logsnr: jax.Array,
+        *,
+        text: jax.Array | None = None,
+        text_mask: jax.Array | None = None,
+        cond: jax.Array | None = None,
+        cond_logsnr: jax.Array | None = None,
+        frame_mask: jax.Array | None = None,
+        known: jax.Array | None = None,
+        known_mask: jax.Array | None = None,
+        guidance: jax.Array | None = None,
+        train: bool = False,
+    ) -> jax.Array:
+        """Predict (v, eps or x, as trained) for the noisy video ``z`` [B,T,H,W,C] -> float32.
+
+        ``frame_mask`` [B,T] (True = image frame) is accepted by every configuration.
+        """
+        check_config(self)
+        check_inputs(
+            self,
+            dict(
+                z=z,
+                logsnr=logsnr,
+                text=text,
+                text_mask=text_mask,
+                cond=cond,
+                cond_logsnr=cond_logsnr,
+                frame_mask=frame_mask,
+                known=known,
+                known_mask=known_mask,
+                guidance=guidance,
+            ),
+        )
+        dtype = jnp.dtype(self.dtype)
+        options = self._options(train)
+        batch, frames, height, width, _ = z.shape
+
+        emb = self._embedding(batch, logsnr, text, text_mask, cond_logsnr, guidance)
+        video_frames = None if frame_mask is None else ~jnp.asarray(frame_mask).astype(bool)
+        if not self.use_text:
+            text = text_mask = None
+        elif text_mask is not None:
+            text_mask = jnp.asarray(text_mask).astype(bool)
+
+        inputs = [z]
+        if self.cond_channels:
+            inputs.append(upsample_condition(cond, frames, height, width))
+        h = jnp.concatenate(inputs, axis=-1).astype(dtype)
+        h = conv(self.channels, (3, 3), dtype, names=(None, "mlp"), name="conv_in")(h)
+        h = constrain_video(h)
+        condition = self._mask_condition_input(known, known_mask) if self.mask_condition else None
+
+        def condition_at(h, level, path):
+            if condition is None:
+                return h
+            pooled = average_pool_frames(condition, 2**level)
+            return MaskCondition(dtype, name=f"{path}_{level}_mask_condition")(h, pooled)
+
+        ctx = (emb, text, text_mask, video_frames)
+        skips = []
+        for level, mult in enumerate(self.channel_mult):
+            h = condition_at(h, level, "down")
+            for i in range(self.num_res_blocks[level]):
+                h = self._block(f"down_{level}_{i}", level, self.channels * mult, options)(h, *ctx)
+                skips.append(h)
+            if level < self.num_levels - 1:
+                h = Downsample(h.shape[-1], dtype, name=f"down_{level}_resample")(h)
+
+        h = self._block("middle", self.num_levels - 1, h.shape[-1], options)(h, *ctx)
+
+        for level in reversed(range(self.num_levels)):
+            h = condition_at(h, level, "up")
+            features = self.channels * self.channel_mult[level]
+            for i in range(self.num_res_blocks[level]):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = self._block(f"up_{level}_{i}", level, features, options)(h, *ctx)
+            if level > 0:
+                h = Upsample(features, dtype, name=f"up_{level}_resample")(h)
+
+        h = nn.silu(FrameGroupNorm(self.norm_groups, dtype, name="norm_out")(h))
+        out = conv(
+            self.out_channels, (3, 3), dtype, zero_init=True, names=("embed", None), name="conv_out"
+        )(h)
+        return out.astype(jnp.float32)
+
+    def _embedding(self, batch, logsnr, text, text_mask, cond_logsnr, guidance) -> jax.Array:
+        """SiLU of the sum of the noise-level, augmentation, guidance and pooled-text embeddings."""
+        emb_dtype = jnp.dtype(self.dtype)
+        frequencies = 2 * (self.channels // 2)
+
+        def per_example(x):
+            return jnp.broadcast_to(jnp.asarray(x, jnp.float32), (batch,))
+
+        emb = ScalarEmbedding(self.emb_channels, frequencies, emb_dtype, name="noise_embedding")(
+            per_example(logsnr)
+        )
+        if self.cond_channels and self.cond_augmentation:
+            emb += ScalarEmbedding(
+                self.emb_channels, frequencies, emb_dtype, name="cond_noise_embedding"
+            )(per_example(cond_logsnr))
+        if self.guidance_input:
+            emb += ScalarEmbedding(
+                self.emb_channels, frequencies, emb_dtype, zero_init=True, name="guidance_embedding"
+            )(per_example(guidance))
+        if self.use_text:
+            pooled = masked_mean(text, jnp.asarray(text_mask).astype(bool))
+            emb += dense(
+                self.emb_channels, emb_dtype, names=("text_embed", "mlp"), name="text_pool"
+            )(pooled)
+        return nn.silu(emb)
+
+    @staticmethod
+    def _mask_condition_input(known: jax.Array, known_mask: jax.Array) -> jax.Array:
+        """Known frames (unknown ones zeroed) and the mask as a last channel: [B,T,H,W,C+1]."""
+        gate = jnp.asarray(known_mask).astype(known.dtype)[:, :, None, None, None]
+        mask_channel = jnp.broadcast_to(gate, (*known.shape[:-1], 1))
+        return jnp.concatenate([known * gate, mask_channel], axis=-1).astype(jnp.float32)

@@ -1,0 +1,150 @@
+"""The jitted train step: loss and gradients (optionally over micro-batches), the non-finite
+guard, the AdamW update and the EMA, with the state donated and sharded by logical axes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from imagen_video_jax.parallel import Rules, batch_sharding
+from imagen_video_jax.train.objective import ApplyFn, StageObjective, stage_loss
+from imagen_video_jax.train.optimizer import learning_rate_schedule
+from imagen_video_jax.train.state import TrainState, ema_decay_at, update_ema
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+StepFn = Callable[[TrainState, Batch, Any], tuple[TrainState, Metrics]]
+
+
+def embed_text(batch: Batch, text_encoder: Any, encoder_params: Any) -> dict[str, jax.Array]:
+    """Token ids ('text_ids') -> frozen encoder embeddings ('text'); other fields unchanged."""
+    batch = dict(batch)
+    if "text_ids" in batch:
+        ids = batch.pop("text_ids")
+        text = text_encoder.embed_tokens(ids, batch["text_mask"], encoder_params)
+        batch["text"] = jax.lax.stop_gradient(text)
+    return batch
+
+
+def split_microbatches(batch: Batch, count: int) -> dict[str, jax.Array]:
+    """[B, ...] -> [count, B / count, ...], micro-batch i holding rows i, i + count, ...
+
+    Interleaving keeps every micro-batch spread over all batch shards (no data movement).
+    """
+
+    def split(x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0] // count, count, *x.shape[1:]).swapaxes(0, 1)
+        names = (None, "batch") + (None,) * (x.ndim - 2)
+        return nn.with_logical_constraint(x, names)
+
+    return {key: split(value) for key, value in batch.items()}
+
+
+def _loss_and_grads(
+    loss_fn: Callable[[Any, Batch, jax.Array], jax.Array],
+    params: Any,
+    batch: Batch,
+    key: jax.Array,
+    accum_steps: int,
+) -> tuple[jax.Array, Any]:
+    """Mean loss and gradient over the batch, in ``accum_steps`` sequential micro-batches."""
+    grad_fn = jax.value_and_grad(loss_fn)
+    if accum_steps == 1:
+        return grad_fn(params, batch, key)
+
+    def accumulate(carry, inputs):
+        loss_sum, grad_sum = carry
+        index, micro = inputs
+        loss, grads = grad_fn(params, micro, jax.random.fold_in(key, index))
+        return (loss_sum + loss, jax.tree_util.tree_map(jnp.add, grad_sum, grads)), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    micro = split_microbatches(batch, accum_steps)
+    (loss, grads), _ = jax.lax.scan(
+        accumulate, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(accum_steps), micro)
+    )
+    return loss / accum_steps, jax.tree_util.tree_map(lambda g: g / accum_steps, grads)
+
+
+def make_train_step(
+    apply_fn: ApplyFn,
+    tx: optax.GradientTransformation,
+    config: Mapping,
+    rules: Rules,
+    *,
+    text_encoder: Any = None,
+) -> StepFn:
+    """``step(state, batch, encoder_params) -> (state, metrics)`` for ``config``'s stage.
+
+    A step whose loss or gradient is NaN/inf leaves params, EMA and optimizer state unchanged,
+    counts itself in ``nonfinite_run``/``nonfinite_total`` and still advances ``step``.
+    """
+    objective = StageObjective.from_config(config)
+    train = config["train"]
+    accum_steps = int(train["grad_accum_steps"])
+    ema_decay = float(train["ema_decay"])
+    schedule = learning_rate_schedule(train)
+
+    def loss_fn(params: Any, batch: Batch, key: jax.Array) -> jax.Array:
+        return stage_loss(apply_fn, params, batch, key, objective)
+
+    def step(state: TrainState, batch: Batch, encoder_params: Any) -> tuple[TrainState, Metrics]:
+        with nn.logical_axis_rules(rules):
+            batch = embed_text(batch, text_encoder, encoder_params)
+            key = jax.random.fold_in(state.rng, state.step)
+            loss, grads = _loss_and_grads(loss_fn, state.params, batch, key, accum_steps)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        def apply_update(state: TrainState) -> TrainState:
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            decay = ema_decay_at(state.step - state.nonfinite_total, ema_decay)
+            return state.replace(
+                params=params,
+                opt_state=opt_state,
+                ema_params=update_ema(state.ema_params, params, decay),
+                nonfinite_run=jnp.zeros_like(state.nonfinite_run),
+            )
+
+        def skip_update(state: TrainState) -> TrainState:
+            return state.replace(
+                nonfinite_run=state.nonfinite_run + 1, nonfinite_total=state.nonfinite_total + 1
+            )
+
+        updates_applied = state.step - state.nonfinite_total
+        state = jax.lax.cond(finite, apply_update, skip_update, state)
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "learning_rate": schedule(updates_applied),
+            "nonfinite_run": state.nonfinite_run,
+            "nonfinite_total": state.nonfinite_total,
+        }
+        return state.replace(step=state.step + 1), metrics
+
+    return step
+
+
+def jit_train_step(
+    step: StepFn,
+    state_shardings: Any,
+    encoder_shardings: Any,
+    mesh: Mesh,
+    rules: Rules,
+) -> StepFn:
+    """``step`` compiled with the state sharded by its logical axes (and donated), the batch
+    split over the batch mesh axes and the metrics replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_sharding(mesh, rules), encoder_shardings),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )

@@ -1,0 +1,180 @@
+"""Train-step pieces: the stage loss, text dropout, noise augmentation, optimizer, EMA,
+gradient accumulation and the non-finite guard."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_train_support import FakeVideoData, compilation_cache, make_config, tiny_model
+
+from imagen_video_jax.parallel import axis_rules, make_global_batch, make_mesh, mesh_context
+from imagen_video_jax.train.loop import example_inputs
+from imagen_video_jax.train.objective import (
+    StageObjective,
+    drop_text,
+    model_inputs,
+    stage_loss,
+    video_to_float,
+)
+from imagen_video_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from imagen_video_jax.train.state import ema_decay_at, sharded_state_init, update_ema
+from imagen_video_jax.train.step import _loss_and_grads, jit_train_step, make_train_step
+
+pytestmark = pytest.mark.usefixtures(compilation_cache.__name__)
+
+
+def test_drop_text_replaces_the_prob_fraction_by_the_null_text():
+    b, length, dim = 4000, 3, 2
+    text = jnp.ones((b, length, dim))
+    mask = jnp.ones((b, length), bool)
+    dropped_text, dropped_mask = drop_text(text, mask, jax.random.PRNGKey(1), 0.25)
+    dropped = ~np.asarray(dropped_mask).any(axis=1)
+    assert abs(dropped.mean() - 0.25) < 4 * math.sqrt(0.25 * 0.75 / b)
+    np.testing.assert_array_equal(np.asarray(dropped_text)[dropped], 0.0)
+    np.testing.assert_array_equal(np.asarray(dropped_text)[~dropped], 1.0)
+    assert np.asarray(dropped_mask)[~dropped].all()
+
+
+def test_noise_augmentation_of_the_low_res_video():
+    config = make_config("ssr1")
+    objective = StageObjective.from_config(config)
+    assert objective.conditional and objective.cond_augmentation
+    cond = jnp.full((256, 2, 4, 4, 3), 191, jnp.uint8)
+    batch = {"cond": cond, "text": jnp.ones((256, 4, 8)), "text_mask": jnp.ones((256, 4), bool)}
+    inputs = jax.jit(lambda b, k: model_inputs(objective, b, k))(batch, jax.random.PRNGKey(0))
+    low, high = config.diffusion.cond_aug_logsnr_range
+    level = np.asarray(inputs["cond_logsnr"], np.float64)
+    assert level.shape == (256,) and level.min() >= low and level.max() <= high
+    alpha = np.sqrt(1 / (1 + np.exp(-level)))[:, None, None, None, None]
+    sigma = np.sqrt(1 / (1 + np.exp(level)))[:, None, None, None, None]
+    eps = (np.asarray(inputs["cond"], np.float64) - alpha * (191 / 127.5 - 1)) / sigma
+    assert abs(eps.mean()) < 0.03 and abs(eps.std() - 1) < 0.02  # 24576 draws
+
+
+def test_stage_loss_is_the_v_mse_averaged_over_t():
+    """Model v_hat = a * z_t on a constant uint8 video: the expected loss is
+    E_t[(a alpha + sigma)^2 x^2 + (a sigma - alpha)^2] (closed form in eps), t ~ U(0, 1)."""
+    config = make_config("base")
+    objective = StageObjective.from_config(config)
+    objective = StageObjective(
+        prediction="v", schedule=objective.schedule, use_text=False, conditional=False
+    )
+    video = jnp.full((200000, 1, 1, 1, 1), 191, jnp.uint8)
+    x = 191 / 127.5 - 1
+    for a in (0.0, 0.5):
+        loss = stage_loss(
+            lambda variables, z, logsnr, **kw: variables["params"] * z,
+            jnp.asarray(a),
+            {"video": video},
+            jax.random.PRNGKey(3),
+            objective,
+        )
+        t = (np.arange(200000) + 0.5) / 200000
+        logsnr = np.clip(-2 * np.log(np.tan(np.pi * t / 2)), -20, 20)
+        alpha, sigma = np.sqrt(1 / (1 + np.exp(-logsnr))), np.sqrt(1 / (1 + np.exp(logsnr)))
+        expected = np.mean((a * alpha + sigma) ** 2 * x**2 + (a * sigma - alpha) ** 2)
+        assert float(loss) == pytest.approx(expected, rel=0.015)  # ~4 standard errors
+
+
+def test_video_to_float_maps_uint8_to_minus_one_one():
+    np.testing.assert_allclose(video_to_float(jnp.array([0, 255], jnp.uint8)), [-1.0, 1.0])
+
+
+def test_learning_rate_schedule_closed_form():
+    train = make_config().train
+    train.update(learning_rate=2e-3, warmup_steps=10, num_steps=110, end_lr_factor=0.1)
+    schedule = learning_rate_schedule(train)
+    assert float(schedule(5)) == pytest.approx(1e-3)
+    for step in (10, 35, 60, 110):
+        progress = (step - 10) / 100
+        expected = 2e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5)
+    train.lr_schedule = "constant"
+    assert float(learning_rate_schedule(train)(80)) == pytest.approx(2e-3)
+    train.lr_schedule = "linear"
+    with pytest.raises(ValueError, match="not one of"):
+        learning_rate_schedule(train)
+
+
+def test_optimizer_clips_the_global_norm_and_decays_only_kernels():
+    train = make_config().train
+    train.update(grad_clip_norm=1.0, weight_decay=0.5, warmup_steps=0, lr_schedule="constant")
+    tx = make_optimizer(train)
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+    state = tx.init(params)
+    grads = {"kernel": jnp.full((2, 2), 3.0), "bias": jnp.full((2,), 4.0)}  # norm sqrt(68)
+    _, state = tx.update(grads, state, params)
+    mu = state[1][0].mu  # AdamW's first moment after one step: (1 - b1) * clipped grads
+    assert float(optax.global_norm(mu)) == pytest.approx((1 - train.adam_b1) * 1.0, rel=1e-5)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates["kernel"], -train.learning_rate * 0.5, rtol=1e-5)
+    np.testing.assert_allclose(updates["bias"], 0.0)
+
+
+def test_ema_decay_and_update():
+    assert float(ema_decay_at(0, 0.999)) == pytest.approx(0.1)
+    assert float(ema_decay_at(10**6, 0.999)) == pytest.approx(0.999)
+    ema = update_ema({"w": jnp.array(1.0)}, {"w": jnp.array(3.0)}, jnp.array(0.75))
+    assert float(ema["w"]) == pytest.approx(0.75 * 1 + 0.25 * 3)
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+    batch = {"x": jnp.arange(24.0).reshape(8, 3), "y": jnp.linspace(-1, 1, 8)}
+
+    def loss_fn(params, batch, key):
+        pred = batch["x"] @ params["w"] + params["b"]
+        return jnp.mean((pred - batch["y"]) ** 2)
+
+    params = {"w": jnp.array([0.1, -0.2, 0.3]), "b": jnp.array(0.5)}
+    key = jax.random.PRNGKey(0)
+    loss1, grads1 = _loss_and_grads(loss_fn, params, batch, key, 1)
+    loss4, grads4 = _loss_and_grads(loss_fn, params, batch, key, 4)
+    assert float(loss4) == pytest.approx(float(loss1), rel=1e-6)
+    for g1, g4 in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads4)):
+        np.testing.assert_allclose(g4, g1, rtol=1e-5)
+
+
+def test_nonfinite_step_is_skipped_and_counted():
+    config = make_config("base")
+    mesh = make_mesh(config.mesh, jax.devices()[:1])
+    rules = axis_rules(config.mesh)
+    model, tx = tiny_model(config), make_optimizer(config.train)
+    data = FakeVideoData(config, poison={1: np.inf})
+    init, shardings, _ = sharded_state_init(
+        lambda k: model.init(k, **example_inputs(config))["params"], tx, mesh, rules
+    )
+    step = jit_train_step(
+        make_train_step(model.apply, tx, config, rules), shardings, None, mesh, rules
+    )
+
+    def device_batch(index):
+        host = data.make(index)
+        fields = {"video": host["video"], "frame_mask": host["frame_mask"]}
+        fields.update(text=host["text_emb"], text_mask=host["text_mask"])
+        return make_global_batch(fields, mesh, rules)
+
+    with mesh_context(mesh, rules):
+        state = init(jax.random.PRNGKey(0))
+        state, metrics = step(state, device_batch(0), None)
+        assert np.isfinite(float(metrics["loss"])) and int(metrics["nonfinite_run"]) == 0
+        before = jax.device_get(state)
+        state, metrics = step(state, device_batch(1), None)
+        after = jax.device_get(state)
+        assert not np.isfinite(float(metrics["loss"]))
+        assert int(after.step) == 2 and int(after.nonfinite_run) == 1
+        assert int(after.nonfinite_total) == 1
+        for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params)):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(before.opt_state), jax.tree.leaves(after.opt_state)):
+            np.testing.assert_array_equal(a, b)
+        state, metrics = step(state, device_batch(2), None)
+        assert int(metrics["nonfinite_run"]) == 0 and int(metrics["nonfinite_total"]) == 1
+        changed = jax.device_get(state.params)
+        assert any(
+            not np.array_equal(a, b)
+            for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(changed))
+        )

@@ -1,0 +1,427 @@
+"""VideoUNet on CPU at tiny sizes: every stage role runs; frames mix only through temporal
+layers (tested by perturbation); image frames in mixed batches stay independent; the temporal
+layers and the conditioning upsampler match float64 NumPy references; guidance and NUWA-XL
+mask-condition inputs start as no-ops; user mistakes raise ValueError before compiling.
+
+Parameters are random (not the initialisation, whose zero-initialised output layers would
+hide any mixing). Equality tests compute in float32 so bfloat16 rounding cannot blur a change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from imagen_video_jax.config import load_config
+from imagen_video_jax.models import VideoUNet, abstract_params, example_inputs
+from imagen_video_jax.models.attention import TemporalAttention
+from imagen_video_jax.models.layers import TemporalConv
+from imagen_video_jax.models.unet import save_matmul_outputs, upsample_condition
+
+CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "imagen_video.py"
+
+# XLA:CPU optimisation level 0 compiles about 3x faster; these tests check values, not speed.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+UNCHANGED, CHANGED = 1e-6, 1e-4
+
+
+def stage_config(stage: str, **model_overrides):
+    """The tiny config of ``stage`` from configs/imagen_video.py, model fields overridden."""
+    config = load_config(f"{CONFIG_FILE}:stage={stage},size=tiny")
+    config.model.update(model_overrides)
+    return config
+
+
+def random_tree(abstract, seed: int):
+    """Random values shaped like ``abstract``: norm scales near 1, everything else N(0, 0.2^2)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        noise = rng.normal(0.0, 0.2, leaf.shape)
+        is_scale = getattr(path[-1], "key", None) == "scale"
+        return jnp.asarray(1.0 + noise if is_scale else noise, jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, nn.unbox(abstract))
+
+
+def compile_apply(model: VideoUNet, params, inputs):
+    """``model.apply`` jitted and compiled for these argument shapes."""
+    fn = jax.jit(lambda p, x: model.apply({"params": p}, **x))
+    return fn.lower(params, inputs).compile(compiler_options=FAST_COMPILE)
+
+
+def stage_inputs(config, *, batch: int, frames: int, seed: int = 0, frame_mask=None):
+    """Random inputs for the stage's model at its spatial size and ``frames`` frames."""
+    stage, model = config.stage, config.model
+    rng = np.random.default_rng(seed)
+    inputs = example_inputs(
+        model, batch=batch, frames=frames, height=stage.height, width=stage.width, text_length=5
+    )
+    inputs = {k: jnp.asarray(rng.normal(size=v.shape), v.dtype) for k, v in inputs.items()}
+    if model.use_text:
+        inputs["text_mask"] = jnp.asarray([[True, True, True, False, False]] * batch)
+    if model.cond_channels:
+        low = (
+            batch,
+            frames // stage.temporal_factor,
+            stage.height // stage.spatial_factor,
+            stage.width // stage.spatial_factor,
+            model.cond_channels,
+        )
+        inputs["cond"] = jnp.asarray(rng.uniform(-1, 1, low), jnp.float32)
+    inputs["frame_mask"] = jnp.zeros((batch, frames), bool) if frame_mask is None else frame_mask
+    return inputs
+
+
+def perturb_frame(inputs, example: int, frame: int, seed: int = 1):
+    z = inputs["z"]
+    delta = np.random.default_rng(seed).normal(size=z.shape[2:])
+    return {**inputs, "z": z.at[example, frame].add(jnp.asarray(delta, z.dtype))}
+
+
+def frame_change(a, b) -> np.ndarray:
+    """Max |a - b| per (example, frame): [B, T]."""
+    return np.abs(np.asarray(a) - np.asarray(b)).max(axis=(2, 3, 4))
+
+
+# --- every stage role at tiny size, and separability by perturbation -------------------------
+
+FRAMES = 4  # every stage runs 4 frames here (TSR stages condition on 2)
+
+
+def _compiled_case(config):
+    """(compiled apply, random params, random inputs for B=2, T=FRAMES) of ``config``."""
+    model = VideoUNet.from_config(config.model)
+    params = random_tree(abstract_params(config.model), seed=0)
+    inputs = stage_inputs(config, batch=2, frames=FRAMES)
+    return compile_apply(model, params, inputs), params, inputs
+
+
+@pytest.fixture(scope="module")
+def stage_cases():
+    """Compiled tiny models of the stage roles, default (bfloat16) compute, built on demand.
+
+    Perturbation tests need no float32 here: a frame that does not depend on the perturbed
+    one is computed by the same program from the same values, so it is bit-identical.
+    """
+    cache = {}
+
+    def get(stage):
+        if stage not in cache:
+            cache[stage] = _compiled_case(stage_config(stage))
+        return cache[stage]
+
+    return get
+
+
+@pytest.mark.parametrize(
+    "stage, temporal, attention",
+    [("base", "attention", True), ("tsr1", "conv", True), ("ssr2", "conv", False)],
+)
+def test_stage_roles_build_jit_and_run(stage, temporal, attention, stage_cases):
+    """Base: temporal attention; TSR, SSR: temporal conv; fully convolutional: no attention."""
+    config = stage_config(stage)
+    spec = config.stage
+    assert set(config.model.temporal_mixing) == {temporal}
+    assert any(config.model.spatial_attention) is attention
+    assert any(config.model.cross_attention) is attention
+    assert spec.fully_convolutional is not attention
+    assert (config.model.cond_channels == 3) is (spec.role != "base")
+    names = str(jax.tree.structure(abstract_params(config.model)))
+    assert ("attention" in names) is (attention or temporal == "attention")
+
+    apply, params, inputs = stage_cases(stage)
+    out = apply(params, inputs)
+    assert out.shape == (2, FRAMES, spec.height, spec.width, 3)
+    assert out.dtype == jnp.float32
+    assert np.isfinite(np.asarray(out)).all()
+    if config.model.cond_channels:  # the low-resolution video is really an input
+        moved = {**inputs, "cond": inputs["cond"] + 0.5}
+        assert np.abs(np.asarray(apply(params, moved) - out)).max() > CHANGED
+
+
+def test_without_temporal_mixing_frames_are_independent():
+    """Spatial self-attention, cross-attention and every norm stay within each frame."""
+    config = stage_config(
+        "base",
+        temporal_mixing=("none", "none"),
+        spatial_attention=(True, True),
+        cross_attention=(True, True),
+    )
+    apply, params, inputs = _compiled_case(config)
+    out = apply(params, inputs)
+    change = frame_change(out, apply(params, perturb_frame(inputs, example=0, frame=1)))
+    assert change[0, 1] > CHANGED
+    assert np.delete(change.ravel(), 1).max() <= UNCHANGED
+
+
+@pytest.mark.parametrize("stage", ["base", "tsr1"])
+def test_temporal_mixing_mixes_video_frames_only(stage, stage_cases):
+    apply, params, inputs = stage_cases(stage)
+    all_video = apply(params, inputs)
+    change = frame_change(all_video, apply(params, perturb_frame(inputs, example=0, frame=1)))
+    assert change[0].min() > CHANGED  # every frame of the clip sees frame 1
+    assert change[1].max() <= UNCHANGED  # the other example does not
+
+    images = {**inputs, "frame_mask": jnp.ones((2, FRAMES), bool)}
+    all_images = apply(params, images)
+    change = frame_change(all_images, apply(params, perturb_frame(images, example=0, frame=1)))
+    assert change[0, 1] > CHANGED  # spatial attention (base) and convs see only their frame
+    assert np.delete(change.ravel(), 1).max() <= UNCHANGED
+
+
+@pytest.mark.parametrize("stage", ["base", "tsr1"])
+def test_mixed_batch_keeps_image_frames_independent(stage, stage_cases):
+    """Example 0: frames 0-1 video, 2-3 images; example 1: all video."""
+    apply, params, inputs = stage_cases(stage)
+    mixed = {**inputs, "frame_mask": jnp.asarray([[False, False, True, True], [False] * 4])}
+    out = apply(params, mixed)
+
+    change = frame_change(out, apply(params, perturb_frame(mixed, example=0, frame=2)))
+    assert change[0, 2] > CHANGED  # only the perturbed image frame changes
+    assert np.delete(change.ravel(), 2).max() <= UNCHANGED
+
+    change = frame_change(out, apply(params, perturb_frame(mixed, example=0, frame=0)))
+    assert change[0, :2].min() > CHANGED  # video frames mix with each other ...
+    assert change[0, 2:].max() <= UNCHANGED  # ... but never reach the image frames
+    assert change[1].max() <= UNCHANGED
+
+    change = frame_change(out, apply(params, perturb_frame(mixed, example=0, frame=3)))
+    assert change[0, :3].max() <= UNCHANGED  # and image frames never reach video frames
+
+
+def test_padded_text_tokens_are_ignored(stage_cases):
+    apply, params, inputs = stage_cases("base")
+    out = apply(params, inputs)
+    padded = {**inputs, "text": inputs["text"].at[:, 3:].add(5.0)}  # tokens 3, 4 are masked out
+    assert np.abs(np.asarray(apply(params, padded) - out)).max() <= UNCHANGED
+    valid = {**inputs, "text": inputs["text"].at[:, 0].add(1.0)}
+    assert np.abs(np.asarray(apply(params, valid) - out)).max() > CHANGED
+
+
+# --- temporal layers and the conditioning upsampler against NumPy ---------------------------
+
+
+def _group_norm_ref(x, groups, scale, bias, eps=1e-5):
+    """GroupNorm with statistics per (example, frame, group), float64."""
+    b, t, h, w, c = x.shape
+    g = x.reshape(b, t, h, w, groups, c // groups)
+    mean = g.mean(axis=(2, 3, 5), keepdims=True)
+    var = g.var(axis=(2, 3, 5), keepdims=True)
+    return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape) * scale + bias
+
+
+def _silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def _run_module(module, x, video):
+    params = random_tree(jax.eval_shape(module.init, jax.random.key(0), x, video)["params"], 3)
+    fn = jax.jit(lambda p, x, v: module.apply({"params": p}, x, v))
+    out = fn.lower(params, x, video).compile(compiler_options=FAST_COMPILE)(params, x, video)
+    return np.asarray(out, np.float64), jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+
+
+def test_temporal_attention_matches_numpy():
+    heads, head_dim, groups, max_distance = 2, 4, 2, 2
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 2, 3, 8)), jnp.float32)
+    video = jnp.asarray([[True, True, False, True, True, False], [True] * 6])
+    module = TemporalAttention(head_dim, groups, jnp.float32, max_distance)
+    out, p = _run_module(module, x, video)
+
+    xs, vs = np.asarray(x, np.float64), np.asarray(video)
+    h = _group_norm_ref(xs, groups, p["norm"]["scale"], p["norm"]["bias"])
+    qkv = np.einsum("bthwc,cpnd->bthwpnd", h, p["qkv"]["kernel"]) + p["qkv"]["bias"]
+    q, k, v = (qkv[..., i, :, :] for i in range(3))
+    logits = np.einsum("bthwnd,bshwnd->bhwnts", q, k) / np.sqrt(head_dim)
+    frames = np.arange(6)
+    offset = np.clip(frames[None, :] - frames[:, None], -max_distance, max_distance)
+    logits += p["relative_position_bias"][offset + max_distance].transpose(2, 0, 1)
+    allowed = (vs[:, :, None] & vs[:, None, :]) | np.eye(6, dtype=bool)
+    logits = np.where(allowed[:, None, None, None], logits, -np.inf)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    attended = np.einsum("bhwnts,bshwnd->bthwnd", probs, v)
+    update = np.einsum("bthwnd,ndc->bthwc", attended, p["out"]["kernel"]) + p["out"]["bias"]
+    expected = xs + update * vs[:, :, None, None, None]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert heads == p["relative_position_bias"].shape[1]
+
+
+def test_temporal_conv_matches_numpy():
+    groups = 2
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 2, 3, 8)), jnp.float32)
+    video = jnp.asarray([[True, False, True, True, True], [True] * 5])
+    out, p = _run_module(TemporalConv(groups, jnp.float32), x, video)
+
+    xs, vs = np.asarray(x, np.float64), np.asarray(video)[:, :, None, None, None]
+    h = _silu(_group_norm_ref(xs, groups, p["norm"]["scale"], p["norm"]["bias"])) * vs
+    padded = np.pad(h, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
+    kernel = p["conv"]["kernel"][:, 0]  # [3, C_in, C_out] over frames t-1, t, t+1
+    update = sum(np.einsum("bthwc,cd->bthwd", padded[:, i : i + 5], kernel[i]) for i in range(3))
+    expected = xs + (update + p["conv"]["bias"]) * vs
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] linear interpolation with half-pixel centres, edges clamped."""
+    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    m = np.zeros((n_out, n_in))
+    m[np.arange(n_out), lo] += 1 - (src - lo)
+    m[np.arange(n_out), hi] += src - lo
+    return m
+
+
+def test_condition_upsampling_is_bilinear_in_space_and_repeats_frames():
+    low = np.random.default_rng(2).uniform(-1, 1, (1, 2, 3, 4, 3))
+    out = np.asarray(upsample_condition(jnp.asarray(low, jnp.float32), 6, 6, 8), np.float64)
+    expected = np.einsum("yh,xw,bthwc->btyxc", _bilinear_matrix(3, 6), _bilinear_matrix(4, 8), low)
+    expected = np.repeat(expected, 3, axis=1)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+# --- zero-initialised conditioning: guidance weight and NUWA-XL mask condition --------------
+
+
+def test_guidance_and_mask_condition_start_as_no_ops():
+    """At init a student (w input) with the mask condition equals the plain model on the same
+    other parameters (randomised, so the comparison is not trivially zero == zero). Float32
+    compute: the two models are different programs, so bfloat16 rounding could differ."""
+    plain = VideoUNet.from_config(stage_config("base", dtype="float32").model)
+    config = stage_config("base", dtype="float32", guidance_input=True, mask_condition=True)
+    student = VideoUNet.from_config(config.model)
+    inputs = stage_inputs(config, batch=2, frames=FRAMES)
+    inputs.update(
+        guidance=jnp.asarray([3.0, 7.5]),
+        known_mask=jnp.asarray([[True, False, False, True], [False] * 4]),
+    )
+    plain_inputs = {k: v for k, v in inputs.items() if k not in ("guidance", "known", "known_mask")}
+    init = jax.jit(lambda key: student.init(key, **inputs)["params"])
+    initial = init.lower(jax.random.key(0)).compile(compiler_options=FAST_COMPILE)
+    initial = nn.unbox(initial(jax.random.key(0)))
+
+    def is_new(name):
+        return name == "guidance_embedding" or name.endswith("mask_condition")
+
+    shared = random_tree({k: v for k, v in initial.items() if not is_new(k)}, seed=0)
+    new = {k: v for k, v in initial.items() if is_new(k)}
+    assert "guidance_embedding" in new and "up_1_mask_condition" in new
+
+    def both(new, inputs):
+        out = student.apply({"params": {**shared, **new}}, **inputs)
+        return out, plain.apply({"params": shared}, **plain_inputs)
+
+    both = jax.jit(both).lower(new, inputs).compile(compiler_options=FAST_COMPILE)
+    student_out, plain_out = both(new, inputs)
+    # Different programs round differently (~1e-6 relative in float32); a non-neutral init
+    # would differ by O(0.1), as the randomised new layers below do.
+    np.testing.assert_allclose(student_out, plain_out, rtol=1e-5, atol=1e-5)
+
+    trained = random_tree(new, seed=5)  # once trained, both inputs matter
+    out, _ = both(trained, inputs)
+    assert np.abs(np.asarray(out - plain_out)).max() > 1e-2
+    other_w, _ = both(trained, {**inputs, "guidance": jnp.asarray([0.0, 1.0])})
+    assert np.abs(np.asarray(other_w - out)).max() > CHANGED
+    unknown_changed, _ = both(trained, {**inputs, "known": inputs["known"].at[:, 1:3].add(1.0)})
+    assert np.abs(np.asarray(unknown_changed - out)).max() <= UNCHANGED
+    known_changed, _ = both(trained, {**inputs, "known": inputs["known"].at[0, 0].add(1.0)})
+    assert np.abs(np.asarray(known_changed - out)).max() > CHANGED
+
+
+# --- remat ----------------------------------------------------------------------------------
+
+
+def _remat_policies(config_overrides: dict) -> list:
+    """The policy of every rematerialised region in the traced forward pass."""
+    config = stage_config("base", **config_overrides)
+    model = VideoUNet.from_config(config.model)
+    params = nn.unbox(abstract_params(config.model))
+    inputs = stage_inputs(config, batch=1, frames=2)
+    jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, **inputs))(params)
+
+    def regions(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "remat2":
+                yield eqn.params["policy"]
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from regions(sub)
+
+    return list(regions(jaxpr.jaxpr))
+
+
+def test_remat_wraps_every_block_with_its_policy():
+    # tiny base: 5 space-time blocks, each a residual block and temporal attention, and
+    # spatial + cross-attention in the 3 blocks of level 1 and the middle.
+    assert _remat_policies({"remat": "none"}) == []
+    assert _remat_policies({"remat": "block"}) == [None] * (5 * 2 + 3 * 2)
+    assert _remat_policies({"remat": "dots"}) == [save_matmul_outputs] * (5 * 2 + 3 * 2)
+
+
+# --- user mistakes ----------------------------------------------------------------------------
+
+
+def _trace(config, **changes):
+    """Trace init with the stage's inputs changed as given (None removes one); no compile."""
+    model = VideoUNet.from_config(config.model)
+    inputs = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+        for k, v in stage_inputs(config, batch=2, frames=config.stage.frames).items()
+    }
+    inputs.update(changes)
+    jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs))
+
+
+def _spec(*shape, dtype=jnp.float32):
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+@pytest.mark.parametrize(
+    "stage, changes, message",
+    [
+        (
+            "base",
+            {"z": _spec(2, 8, 8, 3)},
+            r"'z'.*\[batch, frames, height, width, 3\].*\(2, 8, 8, 3\)",
+        ),
+        ("base", {"z": _spec(2, 2, 8, 8, 4)}, r"'z'.*got shape \(2, 2, 8, 8, 4\)"),
+        ("base", {"z": _spec(2, 2, 7, 8, 3)}, r"multiples of 2.*7x8"),
+        ("base", {"logsnr": _spec(3)}, r"'logsnr'.*\(\) or \(2,\).*\(3,\)"),
+        ("base", {"text": _spec(2, 5, 768)}, r"'text'.*\(2, 'any', 384\).*\(2, 5, 768\)"),
+        ("base", {"text": _spec(2, 5)}, r"'text'.*got shape \(2, 5\)"),
+        ("base", {"text_mask": _spec(2, 4, dtype=bool)}, r"'text_mask'.*\(2, 5\).*\(2, 4\)"),
+        ("base", {"text": None}, r"'text' is required.*use_text"),
+        ("base", {"cond": _spec(2, 2, 8, 8, 3)}, r"'cond' is not expected.*cond_channels"),
+        ("base", {"guidance": _spec(2)}, r"'guidance' is not expected.*guidance_input"),
+        ("base", {"known": _spec(2, 2, 8, 8, 3)}, r"'known' is not expected.*mask_condition"),
+        ("base", {"frame_mask": _spec(2, 3, dtype=bool)}, r"'frame_mask'.*\(2, 2\).*\(2, 3\)"),
+        ("tsr1", {"cond": None}, r"'cond' is required.*cond_channels"),
+        ("tsr1", {"cond_logsnr": None}, r"'cond_logsnr' is required.*cond_augmentation"),
+        ("tsr1", {"cond": _spec(2, 2, 8, 8, 4)}, r"'cond'.*\[batch=2, .*3\].*\(2, 2, 8, 8, 4\)"),
+        ("tsr1", {"cond": _spec(2, 3, 8, 8, 3)}, r"'cond'.*3 frames must divide z's 4"),
+    ],
+)
+def test_wrong_inputs_raise_value_error(stage, changes, message):
+    with pytest.raises(ValueError, match=message):
+        _trace(stage_config(stage), **changes)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"num_res_blocks": (1,)}, r"'num_res_blocks'.*one entry per level \(2"),
+        ({"temporal_mixing": ("attention", "lstm")}, r"'temporal_mixing'.*'lstm'"),
+        ({"remat": "all"}, r"'remat'.*'all'"),
+        ({"head_dim": 3}, r"level 0: 8 channels not divisible by head_dim=3"),
+        ({"unknown_field": 1}, r"unknown VideoUNet config field.*unknown_field"),
+    ],
+)
+def test_wrong_config_raises_value_error(changes, message):
+    with pytest.raises(ValueError, match=message):
+        VideoUNet.from_config({**stage_config("base").model.to_dict(), **changes})
