@@ -13,14 +13,14 @@ import math
 import ml_collections
 
 from imagen_video_jax.config import parse_config_arg
-from imagen_video_jax.stages import cascade_stages
+from imagen_video_jax.stages import cascade_stages, stage_spec
 
 DEFAULTS = {"stage": "base", "size": "tiny"}
 
 
 def stage_config(name: str, size: str) -> ml_collections.ConfigDict:
     """The stage's role and shapes, copied from imagen_video_jax.stages."""
-    spec = cascade_stages(size)[name]
+    spec = stage_spec(name, size)
     return ml_collections.ConfigDict(
         {
             "name": name,  # one of base, tsr1, ssr1, ssr2, tsr2, tsr3, ssr3

@@ -80,7 +80,10 @@ class SubjectIndex:
     def sample(self, subject: int, count: int, rng: np.random.Generator) -> np.ndarray:
         group = self.groups.get(subject)
         if group is None:
-            raise ValueError(f"no image records about subject {subject}")
+            raise ValueError(
+                f"no image records about subject {subject}: the image split is too small "
+                "(raise data.num_images, or prepare more images)"
+            )
         return group[rng.integers(len(group), size=count)]
 
 

@@ -75,7 +75,11 @@ class ProceduralSource:
         return self.render(int(index))
 
     def __repr__(self) -> str:
-        return f"ProceduralSource({self.render!r}, length={self.length})"
+        # Stable across processes (grain checks it on restore): no function addresses.
+        render = getattr(self.render, "func", self.render)
+        args = (getattr(self.render, "args", ()), getattr(self.render, "keywords", {}))
+        name = f"{render.__module__}.{render.__qualname__}"
+        return f"ProceduralSource({name}{args!r}, length={self.length})"
 
 
 @dataclasses.dataclass(eq=False)
