@@ -69,11 +69,12 @@ def _report(progress: Progress | None, step: Array, num_steps: int) -> None:
         jax.debug.callback(lambda s: progress(int(s), num_steps), step, ordered=False)
 
 
-Update = Callable[[Denoise, Array, Array, Array], Array]
+Update = Callable[[Denoise, Array, Array, Array, Array], Array]
 
 
 def _sample(
     update: Update,
+    keys_per_step: int,
     fn: ModelFn,
     z_T: ArrayLike,
     key: Array,
@@ -85,24 +86,27 @@ def _sample(
     x_transform: Callable[[Array], Array] | None,
     progress: Progress | None,
 ) -> Array:
-    """Scan `update(denoise, z, grid, k, key)` over k = 0..N-2, then return x_hat at t = 1/N."""
+    """Scan `update(denoise, z, grid, k, keys)` over k = 0..N-2, then return x_hat at t = 1/N.
+
+    All keys are split up front ([N, keys_per_step]), which keeps key splitting out of the loop.
+    """
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
     denoise = make_denoiser(
         fn, prediction=prediction, conditioning=conditioning, x_transform=x_transform
     )
     grid = schedule(jnp.linspace(1.0, 0.0, num_steps + 1))
-    keys = jax.random.split(key, num_steps)
+    keys = jax.random.split(key, (num_steps, keys_per_step))
 
     def body(z: Array, inputs: tuple[Array, Array]) -> tuple[Array, None]:
-        k, step_key = inputs
-        z = update(denoise, z, grid, k, step_key)
+        k, step_keys = inputs
+        z = update(denoise, z, grid, k, step_keys)
         _report(progress, k + 1, num_steps)
         return z, None
 
     z = jnp.asarray(z_T, jnp.float32)
     z, _ = lax.scan(body, z, (jnp.arange(num_steps - 1), keys[:-1]))
-    x_hat, _ = denoise(z, grid[num_steps - 1], keys[-1])
+    x_hat, _ = denoise(z, grid[num_steps - 1], keys[-1, 0])
     _report(progress, jnp.asarray(num_steps), num_steps)
     return x_hat
 
@@ -143,14 +147,23 @@ def ddim_sample(
 ) -> Array:
     """Deterministic DDIM: z_s = alpha_s x_hat + sigma_s eps_hat (key used by conditioning only)."""
 
-    def update(denoise: Denoise, z: Array, grid: Array, k: Array, key: Array) -> Array:
-        x, eps = denoise(z, grid[k], key)
+    def update(denoise: Denoise, z: Array, grid: Array, k: Array, keys: Array) -> Array:
+        x, eps = denoise(z, grid[k], keys[0])
         return diffuse(x, eps, grid[k + 1])
 
     return _sample(
-        update, fn, z_T, key, num_steps=num_steps, schedule=schedule, prediction=prediction,
-        conditioning=conditioning, x_transform=x_transform, progress=progress,
-    )  # fmt: skip
+        update,
+        1,
+        fn,
+        z_T,
+        key,
+        num_steps=num_steps,
+        schedule=schedule,
+        prediction=prediction,
+        conditioning=conditioning,
+        x_transform=x_transform,
+        progress=progress,
+    )
 
 
 def ancestral_sample(
@@ -169,15 +182,23 @@ def ancestral_sample(
     """Ancestral sampling with VDM's variance interpolation: gamma = 0 uses the true posterior
     variance sigma2tilde_{s|t}, gamma = 1 the forward-process variance sigma2_{t|s}."""
 
-    def update(denoise: Denoise, z: Array, grid: Array, k: Array, key: Array) -> Array:
-        denoise_key, noise_key = jax.random.split(key)
-        x, eps = denoise(z, grid[k], denoise_key)
-        return _ancestral_move(x, eps, grid[k], grid[k + 1], gamma, noise_key)
+    def update(denoise: Denoise, z: Array, grid: Array, k: Array, keys: Array) -> Array:
+        x, eps = denoise(z, grid[k], keys[0])
+        return _ancestral_move(x, eps, grid[k], grid[k + 1], gamma, keys[1])
 
     return _sample(
-        update, fn, z_T, key, num_steps=num_steps, schedule=schedule, prediction=prediction,
-        conditioning=conditioning, x_transform=x_transform, progress=progress,
-    )  # fmt: skip
+        update,
+        2,
+        fn,
+        z_T,
+        key,
+        num_steps=num_steps,
+        schedule=schedule,
+        prediction=prediction,
+        conditioning=conditioning,
+        x_transform=x_transform,
+        progress=progress,
+    )
 
 
 def stochastic_sample(
@@ -196,16 +217,24 @@ def stochastic_sample(
     forward noise back up to t - 1/N with fresh noise; N model calls in all, the last returns x_hat.
     """
 
-    def update(denoise: Denoise, z: Array, grid: Array, k: Array, key: Array) -> Array:
-        denoise_key, noise_key = jax.random.split(key)
-        x, eps = denoise(z, grid[k], denoise_key)
+    def update(denoise: Denoise, z: Array, grid: Array, k: Array, keys: Array) -> Array:
+        x, eps = denoise(z, grid[k], keys[0])
         z_far = diffuse(x, eps, grid[k + 2])
-        return _forward_noise(z_far, grid[k + 2], grid[k + 1], noise_key)
+        return _forward_noise(z_far, grid[k + 2], grid[k + 1], keys[1])
 
     return _sample(
-        update, fn, z_T, key, num_steps=num_steps, schedule=schedule, prediction=prediction,
-        conditioning=conditioning, x_transform=x_transform, progress=progress,
-    )  # fmt: skip
+        update,
+        2,
+        fn,
+        z_T,
+        key,
+        num_steps=num_steps,
+        schedule=schedule,
+        prediction=prediction,
+        conditioning=conditioning,
+        x_transform=x_transform,
+        progress=progress,
+    )
 
 
 def pc_sample(
@@ -231,26 +260,35 @@ def pc_sample(
             f"need num_corrector >= 0 and corrector_step > 0, got {num_corrector}, {corrector_step}"
         )
 
-    def langevin(denoise: Denoise, z: Array, logsnr: Array, key: Array) -> Array:
-        denoise_key, noise_key = jax.random.split(key)
+    def langevin(
+        denoise: Denoise, z: Array, logsnr: Array, denoise_key: Array, noise_key: Array
+    ) -> Array:
         x, eps = denoise(z, logsnr, denoise_key)
         alpha, sigma = alpha_sigma(logsnr)
         z = alpha * x + sigma * eps
         noise = jax.random.normal(noise_key, z.shape, z.dtype)
         return z - 0.5 * corrector_step * sigma * eps + jnp.sqrt(corrector_step) * sigma * noise
 
-    def update(denoise: Denoise, z: Array, grid: Array, k: Array, key: Array) -> Array:
-        predictor_key, move_key, corrector_key = jax.random.split(key, 3)
-        x, eps = denoise(z, grid[k], predictor_key)
-        z = _ancestral_move(x, eps, grid[k], grid[k + 1], gamma, move_key)
-        for corrector_key in jax.random.split(corrector_key, num_corrector):
-            z = langevin(denoise, z, grid[k + 1], corrector_key)
+    def update(denoise: Denoise, z: Array, grid: Array, k: Array, keys: Array) -> Array:
+        x, eps = denoise(z, grid[k], keys[0])
+        z = _ancestral_move(x, eps, grid[k], grid[k + 1], gamma, keys[1])
+        for i in range(num_corrector):
+            z = langevin(denoise, z, grid[k + 1], keys[2 + 2 * i], keys[3 + 2 * i])
         return z
 
     return _sample(
-        update, fn, z_T, key, num_steps=num_steps, schedule=schedule, prediction=prediction,
-        conditioning=conditioning, x_transform=x_transform, progress=progress,
-    )  # fmt: skip
+        update,
+        2 + 2 * num_corrector,
+        fn,
+        z_T,
+        key,
+        num_steps=num_steps,
+        schedule=schedule,
+        prediction=prediction,
+        conditioning=conditioning,
+        x_transform=x_transform,
+        progress=progress,
+    )
 
 
 SAMPLERS = {
