@@ -96,7 +96,7 @@ def _unet_config(
             "out_channels": 3,  # channels of the prediction
             "channels": channels,  # width of the first level
             "channel_mult": channel_mult,  # level widths = channels * mult; one level per entry
-            "num_res_blocks": num_res_blocks,  # residual blocks per level (decoder: one more)
+            "num_res_blocks": num_res_blocks,  # blocks per level, in the encoder and the decoder
             "spatial_attention": attention,  # per level: self-attention within each frame
             "cross_attention": attention,  # per level: attention to the text tokens
             "temporal_mixing": (temporal,) * len(channel_mult),  # per level: attention|conv|none

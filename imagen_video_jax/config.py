@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import types
 
 import ml_collections
 
@@ -34,6 +35,17 @@ def load_config(
 ) -> ml_collections.ConfigDict:
     """Load ``file.py[:arg]`` and apply ``a.b=value`` overrides (Python literals or strings)."""
     path, _, arg = spec.partition(":")
+    module = load_config_module(path)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path!r} defines no get_config(arg)")
+    config = module.get_config(arg or None)
+    for override in overrides:
+        apply_override(config, override)
+    return config
+
+
+def load_config_module(path: str) -> types.ModuleType:
+    """Import a config file by path (config files may build on each other this way)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"config file {path!r} not found (expected e.g. configs/imagen_video.py)"
@@ -43,12 +55,7 @@ def load_config(
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
     module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path!r} defines no get_config(arg)")
-    config = module.get_config(arg or None)
-    for override in overrides:
-        apply_override(config, override)
-    return config
+    return module
 
 
 def apply_override(config: ml_collections.ConfigDict, override: str) -> None:

@@ -4,10 +4,12 @@ from imagen_video_jax.models.params import abstract_params, count_params, exampl
 from imagen_video_jax.models.t5 import T5Encoder
 from imagen_video_jax.models.text_cache import cache_embeddings, load_embedding_cache
 from imagen_video_jax.models.text_encoder import TextEncoder, load_text_encoder
+from imagen_video_jax.models.tklvae import TKLVAE
 from imagen_video_jax.models.unet import VideoUNet
 
 __all__ = [
     "T5Encoder",
+    "TKLVAE",
     "TextEncoder",
     "VideoUNet",
     "abstract_params",

@@ -18,8 +18,12 @@ VIDEO_AXES = ("batch", "frames", "height", "width", "channels")
 
 
 def partitioned(init, names: Sequence[str | None]):
-    """An initializer whose parameter carries the logical axis ``names``."""
-    return nn.with_logical_partitioning(init, tuple(names))
+    """An initializer whose parameter carries the logical axis ``names``.
+
+    ``rules=()``: no sharding constraint at init (nn.DenseGeneral builds multi-axis kernels
+    flat, then reshapes them); the trainer places parameters by their names.
+    """
+    return nn.with_logical_partitioning(init, tuple(names), rules=())
 
 
 def kernel_init(zero: bool = False):

@@ -23,8 +23,9 @@ HIDDEN = ("batch", "length", "text_embed")
 
 
 def partitioned(init: Initializer, names: tuple[str | None, ...]) -> Initializer:
-    """An initializer whose parameter carries logical axis names."""
-    return nn.with_logical_partitioning(init, names)
+    """An initializer whose parameter carries logical axis names (``rules=()``: no sharding
+    constraint at init, where nn.DenseGeneral holds multi-axis kernels flat)."""
+    return nn.with_logical_partitioning(init, names, rules=())
 
 
 def check_token_inputs(ids: jax.Array, mask: jax.Array) -> None:

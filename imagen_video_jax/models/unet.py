@@ -104,13 +104,10 @@ class MaskCondition(nn.Module):
         features = h.shape[-1]
         visual, mask = condition[..., :-1], condition[..., -1:]
         for name, source in (("visual", visual), ("mask", mask)):
-            w, b = jnp.split(
-                conv(
-                    2 * features, (3, 3), self.dtype, zero_init=True, names=(None, "mlp"), name=name
-                )(source),
-                2,
-                axis=-1,
+            project = conv(
+                2 * features, (3, 3), self.dtype, zero_init=True, names=(None, "mlp"), name=name
             )
+            w, b = jnp.split(project(source), 2, axis=-1)
             h = w * h + b + h
         return constrain_video(h)
 
@@ -134,8 +131,13 @@ def average_pool_frames(x: jax.Array, factor: int) -> jax.Array:
 class VideoUNet(nn.Module):
     """Space-time separable U-Net: ``(z, logsnr, ...) -> prediction`` of z's shape, float32.
 
-    Fields mirror the keys of ``config.model`` (see ``configs/imagen_video.py``). Per-level
-    tuples have one entry per resolution level.
+    Encoder: per level, ``num_res_blocks`` SpaceTimeBlocks, then a stride-2 downsample (not
+    after the last level). Middle: one SpaceTimeBlock at the lowest level. Decoder: per level,
+    as many blocks, each taking the matching encoder block's output concatenated as a skip,
+    then a 2x upsample. Output: GroupNorm, SiLU and a zero-initialised 3x3 convolution.
+
+    Fields mirror the keys of ``config.model`` (documented in ``configs/imagen_video.py``);
+    per-level tuples have one entry per resolution level.
     """
 
     in_channels: int = 3

@@ -1,0 +1,38 @@
+"""bench-base-train of BENCHMARKS.md: ``configs/bench_base_train.py:batch=8,remat=none,mesh=data``.
+
+The base stage of the mini cascade with the benchmark's U-Net (width 128, multipliers
+(1, 2, 4, 8), about 250M parameters), 16-frame 64x64 clips and 64 text tokens of width 768.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+
+from imagen_video_jax.config import load_config_module, parse_config_arg
+
+DEFAULTS = {
+    "batch": "8",  # clips per device
+    "remat": "none",  # none | block | dots
+    "mesh": "data",  # data: data parallel | fsdp: parameters sharded over all devices
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = parse_config_arg(arg, DEFAULTS)
+    cascade = load_config_module(os.path.join(os.path.dirname(__file__), "imagen_video.py"))
+    config = cascade.get_config("stage=base,size=mini")
+    config.model = cascade.bench_base_train_model_config()
+    config.model.remat = args["remat"]
+    config.stage.frames, config.stage.height, config.stage.width = 16, 64, 64
+    config.text_encoder.max_length = 64  # precomputed text tokens of width 768
+    config.text_encoder.dim = 768
+    config.data.batch_size = int(args["batch"]) * jax.device_count()
+    config.train.grad_accum_steps = 1
+    if args["mesh"] not in ("data", "fsdp"):
+        raise ValueError(f"mesh={args['mesh']!r}: expected data or fsdp")
+    if args["mesh"] == "fsdp":
+        config.mesh.data, config.mesh.fsdp = 1, -1
+    return config
