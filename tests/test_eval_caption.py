@@ -76,7 +76,7 @@ def test_rendered_labels_agree_with_captions():
 
 
 def test_saved_weights_load_with_identical_predictions(tmp_path):
-    config = ClassifierConfig(frames=4, size=16, channels=(8, 16), hidden=16)
+    config = ClassifierConfig(frames=4, size=16, digit_channels=(8, 16), motion_channels=(8, 8), hidden=16)
     params = CaptionClassifier(config).init(jax.random.key(0), np.zeros((1, 4, 16, 16, 1)))[
         "params"
     ]

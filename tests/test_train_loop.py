@@ -41,8 +41,10 @@ def _leaves(tree):
 
 def test_resume_after_sigterm_is_exact(tmp_path):
     config = make_config("base", num_steps=20, checkpoint_every=20)
+    with_samples = make_config("base", num_steps=20, checkpoint_every=20, sample_every=10,
+                               num_samples=3, sample_steps=2)  # fmt: skip
     straight_data = FakeVideoData(config)
-    straight = train(config, tmp_path / "a", model=tiny_model(config), devices=ONE_DEVICE,
+    straight = train(with_samples, tmp_path / "a", model=tiny_model(config), devices=ONE_DEVICE,
                      data_iterator=straight_data, progress_bar=False)  # fmt: skip
 
     first_data = SigtermAt(config, index=9)
@@ -67,8 +69,14 @@ def test_resume_after_sigterm_is_exact(tmp_path):
     assert any(
         p.name.startswith("events.out.tfevents") for p in (tmp_path / "a/base/logs").iterdir()
     )
+    for step in (10, 20):  # 3 samples x 2 frames of 8 x 8
+        grid = iio.imread(tmp_path / f"a/base/samples/step_{step:08d}.png")
+        assert grid.shape == (24, 16, 3) and grid.dtype == np.uint8
+        assert iio.imread(tmp_path / f"a/base/samples/step_{step:08d}.gif", index=None).shape[
+            :3
+        ] == (2, 8, 24)
     params, saved_config, step = load_params(tmp_path / "a" / "base")
-    assert step == 20 and saved_config["stage"]["name"] == "base"
+    assert step == 20 and saved_config["train"]["sample_every"] == 10
     for a, b in zip(_leaves(straight.ema_params), _leaves(params)):
         np.testing.assert_array_equal(a, b)
 

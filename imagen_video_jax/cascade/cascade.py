@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,9 +35,9 @@ from imagen_video_jax.cascade.specs import (
 )
 from imagen_video_jax.stages import STAGE_ORDER, StageSpec
 
-# Params that init sets to zero (output convolutions, biases) get this much noise in
-# ``from_random_init``, so that random stages depend on every input.
-RANDOM_INIT_ZERO_STD = 0.02
+# Standard deviation of the random params that are not kernels or norm scales (biases and the
+# like) in ``from_random_init``; init would set them to zero.
+RANDOM_INIT_STD = 0.02
 _MAX_SEED = 2**32
 
 
@@ -56,7 +57,7 @@ def check_prompts(prompts: str | Sequence[str]) -> list[str]:
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, str):
             raise ValueError(
-                f"prompts must be a str or a list of str; prompt {i} is a "
+                f"prompts must be a str or a list of str; prompt {i} has type "
                 f"{type(prompt).__name__}: {prompt!r:.60}"
             )
         if not prompt.strip():
@@ -111,28 +112,23 @@ class CascadeStage:
 
 
 class _Progress:
-    """tqdm bars: one over the stages, one over the current stage's steps."""
+    """tqdm bars (when enabled): one over the stages, one over the current stage's steps,
+    fed by the samplers' progress callback."""
 
     def __init__(self, enabled: bool, num_stages: int):
-        self.enabled = enabled
-        self.num_stages = num_stages
-
-    @contextlib.contextmanager
-    def run(self) -> Iterator[_Progress]:
         self.outer = None
-        if self.enabled:
+        if enabled:
             from tqdm.auto import tqdm
 
-            self.outer = tqdm(total=self.num_stages, desc="cascade", unit="stage", position=0)
-        try:
-            yield self
-        finally:
-            if self.outer is not None:
-                self.outer.close()
+            self.outer = tqdm(total=num_stages, desc="cascade", unit="stage", position=0)
+
+    def close(self) -> None:
+        if self.outer is not None:
+            self.outer.close()
 
     @contextlib.contextmanager
     def stage(self, stage: CascadeStage, settings: SamplingSettings) -> Iterator[None]:
-        if not self.enabled:
+        if self.outer is None:
             yield
             return
         from tqdm.auto import tqdm
@@ -180,13 +176,10 @@ class Cascade:
         """Stages from their configs, in sampling order, with the given params (default:
         random weights from ``seed``)."""
         configs = [checkpoints.to_plain(config) for config in configs]
-        samplers = [StageSampler(config) for config in configs]
+        samplers = [StageSampler.shared(config) for config in configs]
         check_chain([sampler.spec for sampler in samplers])
         if params is None:
-            params = [
-                random_params(sampler, jax.random.fold_in(jax.random.key(seed), i))
-                for i, sampler in enumerate(samplers)
-            ]
+            params = [random_params(sampler, (seed, i)) for i, sampler in enumerate(samplers)]
         stages = [CascadeStage(c, p, s) for c, p, s in zip(configs, params, samplers)]
         return cls(stages, text_encoder)
 
@@ -262,8 +255,9 @@ class Cascade:
         if stop_after is None:
             return list(self.stages.values())
         if stop_after not in self.stages:
-            raise ValueError(f"stop_after must be one of this cascade's stages {names}; "
-                             f"got {stop_after!r}")  # fmt: skip
+            raise ValueError(
+                f"stop_after must be one of this cascade's stages {names}; got {stop_after!r}"
+            )
         return [self.stages[n] for n in names[: names.index(stop_after) + 1]]
 
     def output_spec(self, stop_after: str | None = None) -> StageSpec:
@@ -281,10 +275,7 @@ class Cascade:
     def text_encoder(self) -> Any:
         """The frozen text encoder the stages were trained with (loaded on first use)."""
         if self._text_encoder is None and self._encoder_config is not None:
-            from imagen_video_jax.models import load_text_encoder
-
-            name, max_length = self._encoder_config
-            self._text_encoder = load_text_encoder(name, max_length=max_length)
+            self._text_encoder = shared_text_encoder(*self._encoder_config)
         return self._text_encoder
 
     def encode(self, prompts: str | Sequence[str]) -> tuple[jax.Array, jax.Array]:
@@ -340,11 +331,13 @@ class Cascade:
         videos = {}
         video = None
         bars = _Progress(progress, len(stages))
-        with bars.run():
+        try:
             for stage in stages:
                 with bars.stage(stage, settings[stage.name]):
                     video = self._run(stage, seeds, text, text_mask, video, settings[stage.name])
                     videos[stage.name] = video
+        finally:
+            bars.close()
         final = np.asarray(video)
         if return_intermediates:
             return final, {name: np.asarray(v) for name, v in videos.items()}
@@ -409,6 +402,14 @@ class Cascade:
         }
 
 
+@functools.cache
+def shared_text_encoder(name: str, max_length: int) -> Any:
+    """The frozen text encoder ``name``, loaded once per process."""
+    from imagen_video_jax.models import load_text_encoder
+
+    return load_text_encoder(name, max_length=max_length)
+
+
 def _shared_encoder_config(stages: Sequence[CascadeStage]) -> tuple[str, int] | None:
     """(name, max_length) of the one text encoder every text-conditioned stage uses."""
     found = {
@@ -425,22 +426,25 @@ def _shared_encoder_config(stages: Sequence[CascadeStage]) -> tuple[str, int] | 
     return next(iter(found.values()), None)
 
 
-def random_params(sampler: StageSampler, key: jax.Array) -> Any:
-    """Random float32 params of a stage's model; zero-initialised ones get small noise."""
+def random_params(sampler: StageSampler, seed: Sequence[int]) -> Any:
+    """Random float32 params of a stage's model, for tests and benchmarks, drawn on the host
+    without compiling the model: kernels N(0, 1/fan_in), norm scales 1, everything else
+    (biases and the like) N(0, RANDOM_INIT_STD^2), so random stages depend on every input."""
     from imagen_video_jax.models.params import example_inputs
 
     inputs = example_inputs(sampler.config["model"])
     z, logsnr = inputs.pop("z"), inputs.pop("logsnr")
-    init_key, noise_key = jax.random.split(key)
-    params = nn.meta.unbox(jax.jit(sampler.model.init)(init_key, z, logsnr, **inputs)["params"])
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(noise_key, len(leaves))
-    leaves = [
-        jnp.where(
-            jnp.all(leaf == 0), RANDOM_INIT_ZERO_STD * jax.random.normal(k, leaf.shape), leaf
-        ).astype(jnp.float32)
-        for leaf, k in zip(leaves, keys)
-    ]
-    return jax.device_put(
-        jax.tree_util.tree_unflatten(treedef, leaves), checkpoints.single_device_sharding()
-    )
+    abstract = jax.eval_shape(lambda: sampler.model.init(jax.random.key(0), z, logsnr, **inputs))
+    rng = np.random.default_rng(list(seed))
+
+    def draw(path: tuple, leaf: jax.ShapeDtypeStruct) -> np.ndarray:
+        kind = str(getattr(path[-1], "key", path[-1]))
+        if kind == "scale":
+            return np.ones(leaf.shape, np.float32)
+        values = rng.standard_normal(leaf.shape, np.float32)
+        if kind == "kernel":
+            return values / np.sqrt(max(1, int(np.prod(leaf.shape[:-1]))))
+        return values * RANDOM_INIT_STD
+
+    params = jax.tree_util.tree_map_with_path(draw, nn.meta.unbox(abstract["params"]))
+    return jax.device_put(params, checkpoints.single_device_sharding())

@@ -10,7 +10,7 @@ is what the bundled demo cascade ships. Distilled students load alike: their con
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,3 @@ def to_plain(config: Any) -> Any:
     if isinstance(config, np.generic):
         return config.item()
     return config
-
-
-def stage_names(stages: Sequence[Any]) -> list[str]:
-    return [getattr(stage, "name", stage) for stage in stages]

@@ -4,14 +4,16 @@ The loop runs each example with its own random key (vmapped), so a batch of prom
 same videos as the prompts one by one with the same seeds. Classifier-free guidance evaluates
 the conditional and the null-text branch as one batched model call; distilled students take the
 guidance weight as an input instead. Compiled functions are cached per (sampler, steps,
-guidance mode); guidance weights are a runtime input, so new prompts, seeds or weights never
-recompile.
+guidance mode) and shared by every stage with the same model, shape and diffusion config (a
+cascade loaded again reuses them); guidance weights are a runtime input, so new prompts, seeds
+or weights never recompile.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +51,10 @@ class StageSampler:
     ``keys`` holds one PRNG key per example; ``cond`` is the previous stage's video, uint8 or
     float in [-1, 1] (None for the base stage). Returns uint8 video [B, T, H, W, 3].
     ``trace_count`` counts how often the loop was traced (compiled), for tests and benchmarks.
+    Use :meth:`shared` to get the one sampler (and its compiled loops) of a config.
     """
+
+    _shared: ClassVar[dict[str, StageSampler]] = {}
 
     def __init__(self, config: Mapping[str, Any], model: VideoUNet | None = None):
         self.config = config
@@ -60,6 +65,14 @@ class StageSampler:
         self.progress: Progress | None = None
         self.trace_count = 0
         self._compiled: dict[tuple, Callable] = {}
+
+    @classmethod
+    def shared(cls, config: Mapping[str, Any]) -> StageSampler:
+        """The sampler of this stage/model/diffusion config, made once per process."""
+        key = json.dumps({k: config[k] for k in ("stage", "model", "diffusion")}, sort_keys=True)
+        if key not in cls._shared:
+            cls._shared[key] = cls(config)
+        return cls._shared[key]
 
     def __call__(
         self,
@@ -118,7 +131,9 @@ class StageSampler:
             inputs = self._conditioning(cond, aug_key, settings.cond_aug_logsnr)
             if text is not None:
                 inputs["text"], inputs["text_mask"] = text[None], text_mask[None].astype(bool)
-            model_fn = self._model_fn(params, inputs, per_step_weights(weights, self.schedule), mode)
+            model_fn = self._model_fn(
+                params, inputs, per_step_weights(weights, self.schedule), mode
+            )
             x = sample(
                 model_fn,
                 jax.random.normal(noise_key, shape, jnp.float32),

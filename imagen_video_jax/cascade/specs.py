@@ -61,8 +61,6 @@ class SamplingSettings:
             raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
         if not isinstance(self.num_steps, int) or self.num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {self.num_steps!r}")
-        if self.sampler == "stochastic" and self.num_steps < 2:
-            raise ValueError("the stochastic sampler needs num_steps >= 2, got 1")
         if not np.isfinite(self.guidance_weight) or self.guidance_weight < 0:
             raise ValueError(
                 f"guidance_weight must be a finite number >= 0, got {self.guidance_weight!r}"

@@ -33,30 +33,60 @@ class ClassifierConfig:
 
     frames: int = 4
     size: int = 16
-    channels: tuple[int, ...] = (32, 64, 128)
+    digit_channels: tuple[int, ...] = (32, 64, 128)
+    motion_channels: tuple[int, ...] = (16, 32, 64)
     hidden: int = 128
 
 
-class CaptionClassifier(nn.Module):
-    """Early temporal fusion, conv blocks, then digit and motion logits.
+class ConvFeatures(nn.Module):
+    """3x3 conv blocks (group norm, ReLU; 2x2 max pooling between blocks), global average and
+    max pooling, then a hidden dense layer: a feature vector that ignores where things are."""
 
-    Input ``[B, frames, size, size, 1]`` in [-1, 1]. The frames enter the first convolution as
-    channels, so every filter sees the whole clip and motion is read from the first layer on.
-    Each block is a 3x3 convolution, a group norm, a ReLU and 2x2 max pooling; the last
-    feature map is flattened, so where the digit is, early and late, reaches the heads.
+    channels: tuple[int, ...]
+    hidden: int
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        h = images
+        for index, width in enumerate(self.channels):
+            if index:
+                h = nn.max_pool(h, (2, 2), strides=(2, 2))
+            h = nn.Conv(width, (3, 3), padding="SAME")(h)
+            h = nn.relu(nn.GroupNorm(num_groups=8)(h))
+        pooled = jnp.concatenate([h.mean(axis=(1, 2)), h.max(axis=(1, 2))], axis=-1)
+        return nn.relu(nn.Dense(self.hidden)(pooled))
+
+
+class CaptionClassifier(nn.Module):
+    """Digit logits from each frame alone, averaged over frames; motion logits from the clip.
+
+    Input ``[B, T, size, size, 1]`` in [-1, 1]. The digit branch is a 2D CNN shared by all
+    frames (the digit is the same in each, wherever it is). The motion branch fuses time
+    early: the frames enter its first convolution as channels, so every filter sees the whole
+    clip.
     """
 
     config: ClassifierConfig
 
-    @nn.compact
+    def setup(self):
+        self.digit_features = ConvFeatures(self.config.digit_channels, self.config.hidden)
+        self.motion_features = ConvFeatures(self.config.motion_channels, self.config.hidden)
+        self.digit_head = nn.Dense(NUM_DIGITS)
+        self.motion_head = nn.Dense(len(MOTIONS))
+
     def __call__(self, videos: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = jnp.moveaxis(videos[..., 0], 1, -1)  # [B, size, size, frames]
-        for width in self.config.channels:
-            h = nn.Conv(width, (3, 3), padding="SAME")(h)
-            h = nn.relu(nn.GroupNorm(num_groups=8)(h))
-            h = nn.max_pool(h, (2, 2), strides=(2, 2))
-        h = nn.relu(nn.Dense(self.config.hidden)(h.reshape(h.shape[0], -1)))
-        return nn.Dense(NUM_DIGITS, name="digit")(h), nn.Dense(len(MOTIONS), name="motion")(h)
+        return self.digit_logits(videos), self.motion_logits(videos)
+
+    def digit_logits(self, videos: jax.Array) -> jax.Array:
+        """``[B, 10]``: per-frame logits of any number of frames, averaged."""
+        batch, frames = videos.shape[:2]
+        images = videos.reshape(batch * frames, *videos.shape[2:])
+        per_frame = self.digit_head(self.digit_features(images))
+        return per_frame.reshape(batch, frames, -1).mean(axis=1)
+
+    def motion_logits(self, videos: jax.Array) -> jax.Array:
+        """``[B, len(MOTIONS)]`` from all ``config.frames`` frames fused as channels."""
+        return self.motion_head(self.motion_features(jnp.moveaxis(videos[..., 0], 1, -1)))
 
 
 def classifier_inputs(videos, frames: int, size: int) -> jax.Array:
@@ -109,7 +139,11 @@ class TrainedClassifier:
         return np.concatenate(digits), np.concatenate(motions)
 
     def save(self, path: str | Path) -> None:
-        config = {**dataclasses.asdict(self.config), "channels": list(self.config.channels)}
+        config = {
+            **dataclasses.asdict(self.config),
+            "digit_channels": list(self.config.digit_channels),
+            "motion_channels": list(self.config.motion_channels),
+        }
         payload = {"config": config, "params": self.params}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(flax.serialization.msgpack_serialize(payload))
@@ -139,7 +173,8 @@ def load_classifier(path: str | Path | None = None) -> TrainedClassifier:
         )
     payload = flax.serialization.msgpack_restore(path.read_bytes())
     stored = payload["config"]
-    config = ClassifierConfig(**{**stored, "channels": tuple(stored["channels"])})
+    channels = {key: tuple(stored[key]) for key in ("digit_channels", "motion_channels")}
+    config = ClassifierConfig(**{**stored, **channels})
     return TrainedClassifier(config, payload["params"])
 
 

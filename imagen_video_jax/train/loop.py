@@ -15,10 +15,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from imagen_video_jax.models import VideoUNet
+from imagen_video_jax.models.text_encoder import load_text_encoder
 from imagen_video_jax.parallel import (
     axis_rules,
     check_global_batch,
@@ -105,8 +108,6 @@ def check_config(config: Mapping) -> None:
 
 def example_inputs(config: Mapping) -> dict[str, jax.Array]:
     """Batch-1 model inputs for initialization, at the smallest size the U-Net levels allow."""
-    import jax.numpy as jnp
-
     model, stage = config["model"], config["stage"]
     side = 2 ** (len(model.get("channel_mult", (1,))) - 1)
     frames = stage["frames"]
@@ -125,6 +126,8 @@ def example_inputs(config: Mapping) -> dict[str, jax.Array]:
 
 
 def default_data_iterator(config: Mapping, data_dir: str | None) -> Iterator:
+    """This process's batches of the config's dataset (data/ is imported only when used: it
+    brings in tensorflow_datasets)."""
     from imagen_video_jax.data import make_train_iterator
 
     return make_train_iterator(
@@ -136,18 +139,21 @@ def default_data_iterator(config: Mapping, data_dir: str | None) -> Iterator:
 
 
 def default_text_encoder(config: Mapping) -> Any:
-    from imagen_video_jax.models.text_encoder import load_text_encoder
-
+    """The frozen encoder of config.text_encoder; its width must be the model's text_dim."""
     encoder = config["text_encoder"]
-    return load_text_encoder(encoder["name"], max_length=encoder["max_length"])
+    text_encoder = load_text_encoder(encoder["name"], max_length=encoder["max_length"])
+    if text_encoder.dim != config["model"]["text_dim"]:
+        raise ValueError(
+            f"text encoder {encoder['name']!r} gives {text_encoder.dim}-wide embeddings but "
+            f"model.text_dim is {config['model']['text_dim']}"
+        )
+    return text_encoder
 
 
 def encoder_placement(text_encoder: Any, mesh, rules) -> tuple[Any, Any]:
     """(params, shardings) of a frozen text encoder, sharded by its logical axes."""
     if text_encoder is None:
         return None, None
-    import jax.numpy as jnp
-
     ids = jnp.zeros((1, text_encoder.max_length), jnp.int32)
     boxed = jax.eval_shape(text_encoder.module.init, jax.random.PRNGKey(0), ids, ids == 0)
     shardings = logical_shardings(boxed["params"], mesh, rules)
@@ -178,6 +184,7 @@ class HostBatches:
 
 
 def resolve_text_source(config: Mapping, first_batch: Mapping) -> str:
+    """'batch' (precomputed embeddings) or 'encoder' (tokens for the frozen encoder)."""
     source = config["train"]["text_source"]
     if source == "auto":
         return "batch" if "text_emb" in first_batch else "encoder"
@@ -356,8 +363,6 @@ def train(
         data_iterator if data_iterator is not None else default_data_iterator(config, data_dir)
     )
     if model is None:
-        from imagen_video_jax.models import VideoUNet
-
         model = VideoUNet.from_config(config["model"])
 
     stage_dir = epath.Path(workdir) / config["stage"]["name"]

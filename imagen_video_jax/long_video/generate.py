@@ -1,0 +1,312 @@
+"""Long videos from an MTD model: diffusion over diffusion (NUWA-XL) or the autoregressive
+sliding-window baseline, in the T-KLVAE latent space (or in pixels), then decoded.
+
+Both run a :class:`~imagen_video_jax.long_video.planning.FramePlan` round by round: every
+round is ONE batched call of the segment sampler (all segments of one depth together), the
+known frames of each call are read from what earlier rounds made, and only the made frames are
+written back. Prompts: a call with no known frame (the global call) sees all prompts, their
+tokens concatenated; a call with known frames sees the prompt of the part of the video where
+it starts (prompt ``i`` of ``P`` covers frames ``[i N / P, (i+1) N / P)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from imagen_video_jax.long_video.mtd import SamplingOptions, SegmentSampler
+from imagen_video_jax.long_video.planning import (
+    FramePlan,
+    Round,
+    plan_autoregressive,
+    plan_long_video,
+)
+from imagen_video_jax.models.tklvae import TKLVAE
+from imagen_video_jax.models.unet import VideoUNet
+from imagen_video_jax.train.objective import diffusion_schedule, video_to_uint8
+
+SampleFn = Callable[..., jax.Array]
+METHODS = ("diffusion_over_diffusion", "autoregressive")
+
+
+def call_keys(key: jax.Array, round_index: int, calls: int) -> jax.Array:
+    """One key per call of a round: fold_in(fold_in(key, round), call)."""
+    round_key = jax.random.fold_in(key, round_index)
+    return jax.vmap(lambda i: jax.random.fold_in(round_key, i))(jnp.arange(calls))
+
+
+def prompt_index(starts: np.ndarray, num_frames: int, num_prompts: int) -> np.ndarray:
+    """Prompt of a call starting at frame ``start``: prompt i covers [i N / P, (i+1) N / P)."""
+    return np.minimum(starts * num_prompts // num_frames, num_prompts - 1)
+
+
+def round_text(
+    text: jax.Array | None, text_mask: jax.Array | None, rnd: Round, num_frames: int
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """Text [calls, tokens, D] and mask of a round's calls (see the module docstring)."""
+    if text is None:
+        return None, None
+    if not rnd.known.any():
+        joined = text.reshape(1, -1, text.shape[-1])
+        return jnp.repeat(joined, rnd.num_calls, 0), jnp.repeat(
+            text_mask.reshape(1, -1), rnd.num_calls, 0
+        )
+    index = prompt_index(rnd.positions[:, 0], num_frames, text.shape[0])
+    return text[index], text_mask[index]
+
+
+def run_plan(
+    sample_fn: SampleFn,
+    plan: FramePlan,
+    frame_shape: Sequence[int],
+    key: jax.Array,
+    text: jax.Array | None = None,
+    text_mask: jax.Array | None = None,
+    progress: bool = False,
+    desc: str = "long video",
+) -> jax.Array:
+    """Frames [num_frames, *frame_shape] made by ``plan``, one ``sample_fn(keys, known,
+    known_mask, text, text_mask)`` call per round."""
+    buffer = jnp.zeros((plan.buffer_frames, *frame_shape), jnp.float32)
+    bar = _bar(progress, len(plan.rounds), desc)
+    for index, rnd in enumerate(plan.rounds):
+        known_mask = jnp.asarray(rnd.known)
+        known = buffer[rnd.positions] * known_mask[:, :, None, None, None]
+        texts = round_text(text, text_mask, rnd, plan.num_frames)
+        made = sample_fn(call_keys(key, index, rnd.num_calls), known, known_mask, *texts)
+        buffer = buffer.at[rnd.new_positions()].set(made[rnd.keep])
+        if bar is not None:
+            bar.set_postfix(calls=rnd.num_calls)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return buffer[: plan.num_frames]
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="depth" if "diffusion" in desc else "round")
+
+
+def make_plan(
+    method: str, num_frames: int, frames_per_call: int, depth: int | None, context: int
+) -> FramePlan:
+    """The frame plan of ``method`` ('diffusion_over_diffusion' or 'autoregressive')."""
+    if method == "diffusion_over_diffusion":
+        return plan_long_video(num_frames, frames_per_call, depth)
+    if method == "autoregressive":
+        return plan_autoregressive(num_frames, frames_per_call, context)
+    raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@dataclasses.dataclass
+class LongVideoModel:
+    """A trained MTD model (and its T-KLVAE, or None for pixel space), ready to sample.
+
+    ``config`` is a ``configs/nuwa_xl.py`` config; latents are the VAE posterior means times
+    ``latent_scale``. Compiled samplers and the decoder are cached on the object.
+    """
+
+    config: ml_collections.ConfigDict
+    mtd_params: Any
+    vae_params: Any = None
+    latent_scale: float = 1.0
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @functools.cached_property
+    def mtd(self) -> VideoUNet:
+        return VideoUNet.from_config(self.config.model)
+
+    @functools.cached_property
+    def vae(self) -> TKLVAE | None:
+        return None if self.vae_params is None else TKLVAE.from_config(self.config.vae)
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of one frame where diffusion runs."""
+        data = self.config.data
+        if self.vae is None:
+            return (data.height, data.width, self.config.model.in_channels)
+        f = self.vae.downsample_factor
+        return (data.height // f, data.width // f, self.vae.latent_channels)
+
+    def segment_sampler(
+        self, options: SamplingOptions, devices: Sequence[jax.Device] | None = None
+    ) -> SegmentSampler:
+        """The (cached) batched segment sampler for these options."""
+        key = ("sampler", options, None if devices is None else tuple(devices))
+        if key not in self._cache:
+            self._cache[key] = SegmentSampler(
+                self.mtd,
+                self.mtd_params,
+                schedule=diffusion_schedule(self.config.diffusion),
+                prediction=str(self.config.diffusion.prediction),
+                options=options,
+                devices=devices,
+            )
+        return self._cache[key]
+
+    def decode(self, latents: jax.Array) -> np.ndarray:
+        """uint8 frames [N, H, W, 3] from diffusion-space frames [N, h, w, c]: the T-KLVAE
+        decodes chunks of ``config.vae_train.clip_frames`` frames (its training length), all
+        chunks batched (at most ``config.long_video.decode_batch`` a call)."""
+        if self.vae is None:
+            return np.asarray(video_to_uint8(latents))
+        chunk = int(self.config.vae_train.clip_frames)
+        frames = latents.shape[0]
+        padded = -(-frames // chunk) * chunk
+        z = jnp.concatenate([latents, jnp.repeat(latents[-1:], padded - frames, 0)])
+        z = z.reshape(padded // chunk, chunk, *latents.shape[1:]) / self.latent_scale
+        if "decode" not in self._cache:
+            self._cache["decode"] = jax.jit(
+                lambda p, z: video_to_uint8(self.vae.apply({"params": p}, z, method="decode"))
+            )
+        decode = self._cache["decode"]
+        step = int(self.config.long_video.decode_batch)
+        videos = [
+            np.asarray(decode(self.vae_params, z[i : i + step])) for i in range(0, len(z), step)
+        ]
+        return np.concatenate(videos).reshape(padded, *videos[0].shape[2:])[:frames]
+
+    def save(self, path: str | Path) -> None:
+        """Write config.json and params.msgpack (MTD, VAE, latent scale) into ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(self.config.to_json_best_effort(indent=2))
+        payload = {
+            "mtd": self.mtd_params,
+            "vae": {} if self.vae_params is None else self.vae_params,
+            "latent_scale": np.float32(self.latent_scale),
+        }
+        (path / "params.msgpack").write_bytes(flax.serialization.msgpack_serialize(payload))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LongVideoModel:
+        """A model saved by :meth:`save`."""
+        path = Path(path)
+        files = [path / "config.json", path / "params.msgpack"]
+        for file in files:
+            if not file.is_file():
+                raise FileNotFoundError(
+                    f"{file} not found: a long-video model folder holds config.json and "
+                    "params.msgpack (written by LongVideoModel.save)"
+                )
+        config = ml_collections.ConfigDict(json.loads(files[0].read_text()))
+        payload = flax.serialization.msgpack_restore(files[1].read_bytes())
+        vae = payload["vae"] or None
+        return cls(config, payload["mtd"], vae, float(payload["latent_scale"]))
+
+
+def encode_prompts(
+    model: LongVideoModel, prompts: str | Sequence[str], text_encoder: Any = None
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """(text [P, tokens, D], mask [P, tokens]) of the prompts, or (None, None) for a model
+    without text."""
+    from imagen_video_jax.cascade.cascade import check_prompts, shared_text_encoder
+
+    prompts = check_prompts(prompts)
+    if not model.mtd.use_text:
+        return None, None
+    encoder = text_encoder or shared_text_encoder(
+        str(model.config.text_encoder.name), int(model.config.text_encoder.max_length)
+    )
+    text, mask = encoder.encode(prompts)
+    if text.shape[-1] != model.mtd.text_dim:
+        raise ValueError(
+            f"the MTD model takes text of width {model.mtd.text_dim}; the text encoder makes "
+            f"width {text.shape[-1]}"
+        )
+    return jnp.asarray(text, jnp.float32), jnp.asarray(mask, bool)
+
+
+def sample_long_latents(
+    model: LongVideoModel,
+    text: jax.Array | None,
+    text_mask: jax.Array | None,
+    num_frames: int,
+    *,
+    frames_per_call: int | None = None,
+    depth: int | None = None,
+    method: str = "diffusion_over_diffusion",
+    context: int | None = None,
+    seed: int = 0,
+    options: SamplingOptions | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    progress: bool = False,
+) -> jax.Array:
+    """Diffusion-space frames [num_frames, h, w, c] (float32) from encoded prompts."""
+    long_video = model.config.long_video
+    frames_per_call = int(frames_per_call or long_video.frames_per_call)
+    context = int(context or long_video.context)
+    plan = make_plan(method, num_frames, frames_per_call, depth, context)
+    options = options or SamplingOptions.from_config(model.config.sample)
+    sampler = model.segment_sampler(options, devices)
+    desc = method.replace("_", " ")
+    latents = run_plan(
+        sampler, plan, model.frame_shape, jax.random.key(seed), text, text_mask, progress, desc
+    )
+    return jax.block_until_ready(latents)
+
+
+def generate_long_video(
+    model: LongVideoModel,
+    prompts: str | Sequence[str],
+    num_frames: int,
+    frames_per_call: int | None = None,
+    depth: int | None = None,
+    *,
+    method: str = "diffusion_over_diffusion",
+    context: int | None = None,
+    seed: int = 0,
+    num_steps: int | None = None,
+    guidance_weight: float | None = None,
+    sampler: str | None = None,
+    text_encoder: Any = None,
+    devices: Sequence[jax.Device] | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """A uint8 video [num_frames, H, W, 3] from prompts (one, or a storyline of several).
+
+    ``method``: 'diffusion_over_diffusion' (NUWA-XL; ``depth`` defaults to the smallest whose
+    (L-1)^m + 1 frames hold ``num_frames``) or 'autoregressive' (sliding windows knowing the
+    last ``context`` frames). ``frames_per_call`` (L), ``context``, ``num_steps``,
+    ``guidance_weight`` and ``sampler`` default to the model's config. Progress by depth.
+    """
+    text, text_mask = encode_prompts(model, prompts, text_encoder)
+    options = SamplingOptions.from_config(
+        model.config.sample,
+        num_steps=num_steps,
+        guidance_weight=guidance_weight,
+        sampler=sampler,
+    )
+    latents = sample_long_latents(
+        model,
+        text,
+        text_mask,
+        num_frames,
+        frames_per_call=frames_per_call,
+        depth=depth,
+        method=method,
+        context=context,
+        seed=seed,
+        options=options,
+        devices=devices,
+        progress=progress,
+    )
+    return model.decode(latents)

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Train the seven mini cascade stages on one GPU and bundle them as the package's demo cascade.
+#
+#   bash launch/train_mini_cascade.sh                      # all stages, then export
+#   STEPS=2000 WORKDIR=/tmp/mini bash launch/train_mini_cascade.sh   # a quick run
+#   STEPS_base=40000 STAGES="base" bash launch/train_mini_cascade.sh # retrain one stage
+#
+# Every stage trains with `imagen-video train` on the procedural moving_digits dataset (rendered
+# on the fly; SR_DATASET=photo_motion trains the super-resolution stages on camera motion over
+# photos instead). The stages keep the mini sizes' shapes (4x16x16 at 3 fps up to 32x512x512
+# at 24 fps) with narrower U-Nets, so that their EMA params, stored as float16, fit the
+# package's 30 MB budget: about 14M parameters in all (28 MB). Runs resume from WORKDIR.
+#
+# Then the EMA params and configs of the stages are exported to imagen_video_jax/assets/
+# demo_cascade/ (python -m imagen_video_jax.cascade.export), with demo.json holding the defaults
+# of `imagen-video demo`: the stages it runs (through DEMO_STOP_AFTER) and their step counts,
+# chosen so that the demo takes well under two minutes on a laptop CPU. Measured on 8 server CPU
+# cores (compiling included): through tsr2 (16 x 128 x 128 at 12 fps) about 45 s, through tsr3
+# (32 x 128 x 128 at 24 fps) about 65 s; ssr3 (512 x 512) is for GPUs.
+#
+# Run it from the project's environment (`imagen-video` and `python` on PATH) on a GPU machine.
+# Settings (environment variables):
+#   WORKDIR          run folder, one subfolder per stage            (workdir/mini_cascade)
+#   STEPS            training steps per stage                       (20000)
+#   STEPS_<stage>    steps of one stage, e.g. STEPS_base=40000      (STEPS)
+#   BATCH            global batch of the low-resolution stages      (32)
+#   SR_BATCH         global batch of the 128x128-and-up stages      (16)
+#   STAGES           stages to train, in order                      (all seven)
+#   SR_DATASET       data of the super-resolution stages            (moving_digits)
+#   OUT              where the bundled cascade goes                 (imagen_video_jax/assets/demo_cascade)
+#   MAX_MB           size limit of the bundle                       (30)
+#   DEMO_STOP_AFTER  last stage `imagen-video demo` runs            (tsr2)
+#   DEMO_STEPS       the demo's steps per stage                     (base=32,tsr1=8,ssr1=8,ssr2=8,tsr2=8,tsr3=8,ssr3=8)
+#   EXTRA            more `imagen-video train` arguments for every stage
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORKDIR=${WORKDIR:-workdir/mini_cascade}
+STEPS=${STEPS:-20000}
+BATCH=${BATCH:-32}
+SR_BATCH=${SR_BATCH:-16}
+STAGES=${STAGES:-"base tsr1 ssr1 ssr2 tsr2 tsr3 ssr3"}
+SR_DATASET=${SR_DATASET:-moving_digits}
+OUT=${OUT:-imagen_video_jax/assets/demo_cascade}
+MAX_MB=${MAX_MB:-30}
+DEMO_STOP_AFTER=${DEMO_STOP_AFTER:-tsr2}
+DEMO_STEPS=${DEMO_STEPS:-base=32,tsr1=8,ssr1=8,ssr2=8,tsr2=8,tsr3=8,ssr3=8}
+EXTRA=${EXTRA:-}
+
+# U-Net width (channels of the first level) and attention head width of each stage.
+declare -A CHANNELS=([base]=48 [tsr1]=32 [ssr1]=32 [ssr2]=16 [tsr2]=16 [tsr3]=16 [ssr3]=16)
+declare -A HEAD_DIM=([base]=16 [tsr1]=32 [ssr1]=32 [ssr2]=32 [tsr2]=32 [tsr3]=32 [ssr3]=32)
+# Fully convolutional stages train on random crops (height = width) of their output.
+declare -A CROP=([ssr2]=64 [tsr2]=64 [tsr3]=64 [ssr3]=128)
+
+stage_args() {
+  local stage=$1
+  local channels=${CHANNELS[$stage]}
+  local steps_var="STEPS_${stage}"
+  local steps=${!steps_var:-$STEPS}
+  local args=(
+    --set "train.num_steps=${steps}"
+    --set "model.channels=${channels}"
+    --set "model.emb_channels=$((4 * channels))"
+    --set "model.head_dim=${HEAD_DIM[$stage]}"
+    --set "model.norm_groups=$((channels < 16 ? channels : 16))"
+    --set "train.warmup_steps=$(( steps / 20 < 1 ? 1 : (steps / 20 > 1000 ? 1000 : steps / 20) ))"
+  )
+  if [[ -n "${CROP[$stage]:-}" ]]; then
+    args+=(--set "data.crop_height=${CROP[$stage]}" --set "data.crop_width=${CROP[$stage]}")
+    args+=(--set "data.batch_size=${SR_BATCH}")
+  else
+    args+=(--set "data.batch_size=${BATCH}")
+  fi
+  if [[ "$stage" != base ]]; then
+    args+=(--set "data.dataset=${SR_DATASET}")
+  fi
+  echo "${args[@]}"
+}
+
+for stage in $STAGES; do
+  echo "=== training ${stage} ($(date))"
+  # shellcheck disable=SC2046,SC2086
+  imagen-video train --config "configs/imagen_video.py:stage=${stage},size=mini" \
+    --workdir "$WORKDIR" $(stage_args "$stage") $EXTRA
+done
+
+echo "=== exporting to ${OUT}"
+python -m imagen_video_jax.cascade.export --checkpoints "$WORKDIR" --out "$OUT" \
+  --dtype float16 --max-mb "$MAX_MB" \
+  --demo-stop-after "$DEMO_STOP_AFTER" --demo-steps "$DEMO_STEPS" \
+  --demo-prompt "a handwritten 7 moving up and to the left"
+du -sh "$OUT"
+echo "=== done: try it with  imagen-video demo"

@@ -1,0 +1,175 @@
+"""The cascaded sampler on tiny random-weight stages (CPU): shapes and frame rates of every
+stage, prefixes, seeds, batching, guidance, distilled students, compile counts, errors."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from imagen_video_jax.cascade import Cascade
+from imagen_video_jax.cascade.specs import SamplingSettings
+from imagen_video_jax.config import load_config
+
+OVERRIDES = ["model.dtype=float32"]
+PROMPTS = ["a handwritten 7 moving up", "a handwritten 3 moving left"]
+OTHER_PROMPTS = ["a handwritten 1 moving down", "a handwritten 0 bouncing around"]
+STEPS = 2
+W = 2.0
+
+# The tiny cascade (frames, height, width, fps) of each stage: base 2x8x8 at 3 fps, TSR stages
+# double frames and fps, SSR stages multiply height and width by 2 (ssr1) or 4 (ssr2, ssr3).
+TINY_TABLE = {
+    "base": (2, 8, 8, 3.0),
+    "tsr1": (4, 8, 8, 6.0),
+    "ssr1": (4, 16, 16, 6.0),
+    "ssr2": (4, 64, 64, 6.0),
+    "tsr2": (8, 64, 64, 12.0),
+    "tsr3": (16, 64, 64, 24.0),
+    "ssr3": (16, 256, 256, 24.0),
+}
+
+
+def tiny_config(stage, *extra):
+    return load_config(f"configs/imagen_video.py:stage={stage},size=tiny", [*OVERRIDES, *extra])
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    return Cascade.from_random_init("tiny", stop_after="tsr1", overrides=OVERRIDES)
+
+
+def sample(cascade, prompts=PROMPTS, **kwargs):
+    options = {"seed": 3, "num_steps": STEPS, "guidance_weight": W, "progress": False}
+    return cascade.sample(prompts, **{**options, **kwargs})
+
+
+def test_every_stage_outputs_the_table_shape_and_fps():
+    full = Cascade.from_random_init("tiny", overrides=OVERRIDES)
+    assert full.stage_names == list(TINY_TABLE)
+    batch = 2
+    text = jax.ShapeDtypeStruct((batch, 32, 384), jnp.float32)
+    mask = jax.ShapeDtypeStruct((batch, 32), jnp.bool_)
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
+    cond = None
+    for name, (frames, height, width, fps) in TINY_TABLE.items():
+        stage = full.stages[name]
+        settings = SamplingSettings.from_config(stage.config)
+
+        def run(params, keys, text, mask, cond, stage=stage, settings=settings):
+            return stage.sampler(params, keys, text, mask, cond, settings)
+
+        out = jax.eval_shape(run, stage.params, keys, text, mask, cond)
+        assert out.shape == (batch, frames, height, width, 3), name
+        assert out.dtype == jnp.uint8
+        assert full.output_spec(name).fps == fps
+        cond = out
+
+
+def test_prefixes_seeds_guidance_and_compiling_once(cascade):
+    video, stages = sample(cascade, return_intermediates=True)
+    assert video.dtype == np.uint8 and video.shape == (2, 4, 8, 8, 3)
+    assert list(stages) == ["base", "tsr1"]
+    assert stages["base"].shape == (2, 2, 8, 8, 3)
+    np.testing.assert_array_equal(stages["tsr1"], video)
+    compiled = dict(cascade.trace_counts)
+    assert set(compiled) == {"base", "tsr1"} and min(compiled.values()) >= 1
+
+    # Same seed, same video; a shorter cascade gives the same earlier stage.
+    np.testing.assert_array_equal(sample(cascade), video)
+    np.testing.assert_array_equal(sample(cascade, stop_after="base"), stages["base"])
+    # New prompts, seeds and guidance weights change the videos but compile nothing new.
+    assert not np.array_equal(sample(cascade, OTHER_PROMPTS), video)
+    assert not np.array_equal(sample(cascade, seed=4), video)
+    assert not np.array_equal(sample(cascade, guidance_weight=4.0), video)
+    assert cascade.trace_counts == compiled
+
+
+def test_batch_equals_prompts_one_by_one(cascade):
+    batch = sample(cascade, stop_after="base", seed=5)
+    for i, prompt in enumerate(PROMPTS):
+        single = sample(cascade, [prompt], stop_after="base", seed=5 + i)
+        # Batch 1 and batch 2 compile to different kernels: allow one level of rounding.
+        assert np.abs(single[0].astype(int) - batch[i].astype(int)).max() <= 1
+
+
+def test_zero_guidance_is_conditional_sampling(cascade):
+    conditional = sample(cascade, stop_after="base", guidance_weight=0.0)
+    # A weight too small to change (1 + w) c - w u in float32 runs the two-branch CFG path.
+    guided_by_nothing = sample(cascade, stop_after="base", guidance_weight=1e-30)
+    np.testing.assert_array_equal(conditional, guided_by_nothing)
+    assert not np.array_equal(conditional, sample(cascade, stop_after="base"))
+
+
+def test_oscillating_weights_only_where_configured():
+    low = SamplingSettings.from_config(tiny_config("base"))
+    assert low.oscillating
+    weights = dataclasses.replace(low, num_steps=8, guidance_weight=15.0)
+    np.testing.assert_array_equal(weights.guidance_weights(), [15, 15, 1, 15, 1, 15, 1, 15])
+    high = SamplingSettings.from_config(tiny_config("ssr2"))
+    assert not high.oscillating
+    assert set(high.guidance_weights()) == {high.guidance_weight}
+    zero = dataclasses.replace(low, guidance_weight=0.0)
+    assert not zero.guidance_weights().any()
+
+
+def test_distilled_student_takes_the_weight_as_input():
+    config = tiny_config(
+        "base", "model.guidance_input=True", "sample.sampler=stochastic", "sample.num_steps=2"
+    )
+    student = Cascade.from_configs([config], seed=1)
+    assert student.stages["base"].distilled
+    a = student.sample(PROMPTS, seed=0, guidance_weight=0.0, progress=False)
+    b = student.sample(PROMPTS, seed=0, guidance_weight=4.0, progress=False)
+    assert a.shape == (2, 2, 8, 8, 3) and not np.array_equal(a, b)
+    assert student.trace_counts == {"base": 1}
+
+
+@pytest.mark.parametrize(
+    "prompts, message",
+    [
+        ("", "prompt 0 is empty"),
+        (["a handwritten 1", "  "], "prompt 1 is empty"),
+        ([], "non-empty list"),
+        (7, "got int"),
+        (["a handwritten 1", 2], "prompt 1 has type int"),
+    ],
+)
+def test_bad_prompts_are_refused(cascade, prompts, message):
+    with pytest.raises(ValueError, match=message):
+        cascade.sample(prompts, progress=False)
+
+
+def test_bad_options_are_refused_before_sampling(cascade):
+    with pytest.raises(ValueError, match="stop_after must be one of this cascade's stages"):
+        cascade.sample(PROMPTS, stop_after="ssr3")
+    with pytest.raises(ValueError, match=r"names stage\(s\) \['tsr1'\]"):
+        cascade.sample(PROMPTS, stop_after="base", num_steps={"tsr1": 4})
+    with pytest.raises(ValueError, match="one int per prompt"):
+        cascade.sample(PROMPTS, seed=[1, 2, 3])
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        cascade.sample(PROMPTS, sampler="euler")
+    assert cascade.trace_counts.keys() == {"base", "tsr1"}
+
+
+def test_stages_that_do_not_chain_are_refused():
+    with pytest.raises(
+        ValueError, match=r"stage 'ssr2' takes .* \(4, 16, 16\).*'base'.*\(2, 8, 8\)"
+    ):
+        Cascade.from_configs([tiny_config("base"), tiny_config("ssr2")])
+    with pytest.raises(ValueError, match="starts with a base"):
+        Cascade.from_configs([tiny_config("tsr1")])
+
+
+def test_a_stage_fed_the_wrong_shape_names_it(cascade):
+    wrong = np.zeros((2, 2, 16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"stage 'tsr1' takes cond .* \[batch, 2, 8, 8, 3\]"):
+        cascade.sample_stage("tsr1", PROMPTS, cond=wrong)
+    with pytest.raises(ValueError, match="needs the previous stage's video"):
+        cascade.sample_stage("tsr1", PROMPTS)
+
+
+def test_a_prompt_longer_than_the_encoder_takes_is_cut_with_a_warning(cascade):
+    with pytest.warns(UserWarning, match="prompt 1 fills all 32 tokens"):
+        cascade.encode(["a handwritten 4", "a handwritten 4 moving left " * 10])

@@ -1,0 +1,30 @@
+"""notebooks/quickstart.ipynb runs headlessly, top to bottom, and shows the videos."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_runs_and_shows_the_videos(monkeypatch):
+    # The tiny random cascade keeps this fast, and so does a low XLA optimization level: the
+    # tiny stages compile several times faster and run a little slower.
+    monkeypatch.setenv("IMAGEN_VIDEO_QUICKSTART", "tiny")
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+
+    outputs = [
+        output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+    ]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "uint8 (2, 4, 16, 16, 3)" in text
+    assert "base  (2, 2, 8, 8, 3)" in text
+    html = "".join(o.data.get("text/html", "") for o in outputs if "data" in o)
+    assert html.count("data:image/gif;base64,") == 2
+    assert any("image/png" in o.data for o in outputs if "data" in o)
