@@ -16,7 +16,7 @@ from imagen_video_jax.train import Checkpointer, NonFiniteError, load_params, tr
 from imagen_video_jax.train.logs import TrainLogger, side_by_side, video_grid
 from imagen_video_jax.train.loop import example_inputs
 from imagen_video_jax.train.optimizer import make_optimizer
-from imagen_video_jax.train.state import sharded_state_init
+from imagen_video_jax.train.state import TrainState, sharded_state_init
 
 pytestmark = pytest.mark.usefixtures(compilation_cache.__name__)
 ONE_DEVICE = jax.devices()[:1]
@@ -168,3 +168,22 @@ def test_config_mistakes_fail_before_anything_is_built(tmp_path, change, match):
     change(config)
     with pytest.raises(ValueError, match=match):
         train(config, tmp_path, model=NeverInit(), data_iterator=iter([]))
+
+
+def test_checkpointer_keeps_the_newest_and_saves_iterator_bytes(tmp_path):
+    state = TrainState(
+        step=np.int32(0), params={"w": np.ones(3, np.float32)}, ema_params={"w": np.zeros(3)},
+        opt_state={"mu": np.zeros(3)}, rng=np.zeros(2, np.uint32), nonfinite_run=np.int32(0),
+        nonfinite_total=np.int32(0),
+    )  # fmt: skip
+    checkpointer = Checkpointer(tmp_path, keep=2, async_save=True)
+    for step in (1, 2, 3, 4):
+        state = state.replace(step=np.int32(step), params={"w": np.full(3, step, np.float32)})
+        checkpointer.save(state, config={"step": step}, data_state=f"grain {step}".encode())
+    checkpointer.wait()
+    assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == [3, 4]
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state)
+    restored, data_state = checkpointer.restore(abstract, step=3)
+    checkpointer.close()
+    assert data_state == b"grain 3" and int(restored.step) == 3
+    np.testing.assert_array_equal(restored.params["w"], [3, 3, 3])

@@ -29,6 +29,14 @@ def side_by_side(videos: np.ndarray) -> np.ndarray:
     return videos.transpose(1, 2, 0, 3, 4).reshape(t, h, n * w, c)
 
 
+def _open_jsonl(log_dir: epath.Path, start_step: int):
+    """``metrics.jsonl``, appended to across resumed runs; object stores (gs://...) cannot
+    append, so there each run writes its own ``metrics_<start step>.jsonl``."""
+    if "://" in str(log_dir):
+        return (log_dir / f"metrics_{start_step:08d}.jsonl").open("w")
+    return (log_dir / "metrics.jsonl").open("a")
+
+
 class TrainLogger:
     """Progress bar with step/s, loss and ETA; scalars to TensorBoard and JSONL; samples."""
 
@@ -51,7 +59,7 @@ class TrainLogger:
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._writer = SummaryWriter(str(self.log_dir))
-        self._jsonl = (self.log_dir / "metrics.jsonl").open("a")
+        self._jsonl = _open_jsonl(self.log_dir, start_step)
         if progress_bar:
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
@@ -86,8 +94,13 @@ class TrainLogger:
         folder.mkdir(parents=True, exist_ok=True)
         stem = folder / f"step_{step:08d}"
         grid = video_grid(videos)
-        iio.imwrite(str(stem) + ".png", grid)
-        iio.imwrite(str(stem) + ".gif", side_by_side(videos), duration=1000.0 / fps, loop=0)
+        # Encoded in memory and written through epath, so gs:// workdirs work too.
+        png = iio.imwrite("<bytes>", grid, extension=".png")
+        gif = iio.imwrite(
+            "<bytes>", side_by_side(videos), extension=".gif", duration=1000.0 / fps, loop=0
+        )
+        stem.with_suffix(".png").write_bytes(png)
+        stem.with_suffix(".gif").write_bytes(gif)
         self._writer.add_image("samples", grid, step, dataformats="HWC")
         return stem
 

@@ -34,8 +34,8 @@ def _conditioning(objective: StageObjective, batch: Batch, key: jax.Array, aug_l
         if objective.cond_augmentation:
             cond, inputs["cond_logsnr"] = noise_augment(cond, key, logsnr=aug_logsnr)
         inputs["cond"] = cond
-    if "frame_mask" in batch:
-        inputs["frame_mask"] = jnp.zeros_like(batch["frame_mask"])
+    if "frame_mask" in batch:  # image packs of joint training are sampled as images
+        inputs["frame_mask"] = batch["frame_mask"]
     return inputs
 
 
