@@ -121,3 +121,5 @@ def test_export_writes_the_compact_cascade_and_demo_defaults(cascade, tmp_path):
     assert json.loads((out / DEMO_FILE).read_text()) == demo
     with pytest.raises(ValueError, match="over the limit of 0.0 MB"):
         export_cascade(tmp_path / "run", out, max_bytes=1000)
+    with pytest.raises(ValueError, match="'ssr3' is not among the exported stages"):
+        export_cascade(tmp_path / "run", out, demo={"stop_after": "ssr3"})

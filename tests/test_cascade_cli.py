@@ -33,7 +33,8 @@ def test_per_stage_values_parse():
         per_stage_value("bsae=3", int)
 
 
-def test_sample_writes_videos_sheets_and_intermediates(cascade_dir, tmp_path, capsys):
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # imageio reads through ffmpeg
+def test_sample_and_demo_write_videos_and_sheets(cascade_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a handwritten 3 moving right\n\n")
     out = tmp_path / "out" / "clip.mp4"
@@ -53,6 +54,12 @@ def test_sample_writes_videos_sheets_and_intermediates(cascade_dir, tmp_path, ca
     assert len(imageio.mimread(out.parent / "clip_base_000.mp4", format="FFMPEG")) == 2
     assert "wrote" in capsys.readouterr().out
 
+    demo_dir = tmp_path / "demo"
+    argv = ["demo", "--cascade", str(cascade_dir), "--out-dir", str(demo_dir), "--no-progress"]
+    assert cli.main([*argv, "--steps", "2", "--guidance", "base=2,tsr1=1"]) == 0
+    assert sorted(p.name for p in demo_dir.iterdir()) == ["demo.gif", "demo.mp4", "demo.png"]
+    assert DEFAULT_PROMPT in capsys.readouterr().out
+
 
 def test_sample_reports_user_mistakes(cascade_dir, tmp_path, capsys):
     assert cli.main(["sample", "--checkpoints", str(cascade_dir)]) == 2
@@ -65,13 +72,6 @@ def test_sample_reports_user_mistakes(cascade_dir, tmp_path, capsys):
 def test_demo_without_bundled_weights_says_how_to_make_them(tmp_path, capsys):
     assert cli.main(["demo", "--cascade", str(tmp_path / "missing")]) == 1
     assert "launch/train_mini_cascade.sh" in capsys.readouterr().err
-
-
-def test_demo_writes_a_captioned_video(cascade_dir, tmp_path, capsys):
-    argv = ["demo", "--cascade", str(cascade_dir), "--out-dir", str(tmp_path), "--no-progress"]
-    assert cli.main([*argv, "--steps", "2", "--guidance", "base=2,tsr1=1"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.gif", "demo.mp4", "demo.png"]
-    assert DEFAULT_PROMPT in capsys.readouterr().out
 
 
 def test_demo_defaults_come_from_demo_json_or_the_size_rule(cascade_dir, tmp_path):

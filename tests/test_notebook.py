@@ -23,7 +23,7 @@ def test_quickstart_notebook_runs_and_shows_the_videos(monkeypatch):
         output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
     ]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "uint8 (2, 4, 16, 16, 3)" in text
+    assert "uint8 (2, 4, 8, 8, 3)" in text
     assert "base  (2, 2, 8, 8, 3)" in text
     html = "".join(o.data.get("text/html", "") for o in outputs if "data" in o)
     assert html.count("data:image/gif;base64,") == 2
