@@ -167,7 +167,7 @@ def data_config(size: str) -> ml_collections.ConfigDict:
             # vae_train.clip_frames (latents are encoded in those chunks).
             "video_frames": frames,
             "num_videos": 32 if size == "small" else 2,  # long training videos rendered
-            "num_eval_videos": 16 if size == "small" else 2,  # held-out real videos (test split)
+            "num_eval_videos": 8 if size == "small" else 2,  # held-out real videos (test split)
             "speed": 0.3,  # canvas (shorter side) per second; each video 60-100% of it
             "digit_scale": 0.4,  # digit side / canvas side
             "two_digit_prob": 0.0,  # share of videos with two digits
@@ -183,7 +183,7 @@ def eval_config(size: str) -> ml_collections.ConfigDict:
         {
             "num_videos": 4 if small else 2,  # generated long videos per method
             "block": 16,  # B-FVD-16 and Avg-FID time blocks
-            "frame_stride": 4 if small else 1,  # Avg-FID: every n-th frame gets features
+            "frame_stride": 8 if small else 1,  # Avg-FID: every n-th frame gets features
         }
     )
 

@@ -35,14 +35,19 @@ from imagen_video_jax.models.tklvae import TKLVAE
 from imagen_video_jax.models.unet import VideoUNet
 from imagen_video_jax.train.objective import diffusion_schedule, video_to_uint8
 
-SampleFn = Callable[..., jax.Array]
+SampleFn = Callable[..., np.ndarray]
 METHODS = ("diffusion_over_diffusion", "autoregressive")
 
 
-def call_keys(key: jax.Array, round_index: int, calls: int) -> jax.Array:
-    """One key per call of a round: fold_in(fold_in(key, round), call)."""
-    round_key = jax.random.fold_in(key, round_index)
-    return jax.vmap(lambda i: jax.random.fold_in(round_key, i))(jnp.arange(calls))
+def call_keys(seed: int, round_index: int, calls: int) -> np.ndarray:
+    """Raw threefry key data [calls, 2] uint32, one key per call, a pure function of (seed,
+    round, call): the same segment gets the same noise however the calls are batched."""
+    return np.stack(
+        [
+            np.random.SeedSequence([seed, round_index, call]).generate_state(2, np.uint32)
+            for call in range(calls)
+        ]
+    )
 
 
 def prompt_index(starts: np.ndarray, num_frames: int, num_prompts: int) -> np.ndarray:
@@ -51,16 +56,16 @@ def prompt_index(starts: np.ndarray, num_frames: int, num_prompts: int) -> np.nd
 
 
 def round_text(
-    text: jax.Array | None, text_mask: jax.Array | None, rnd: Round, num_frames: int
-) -> tuple[jax.Array | None, jax.Array | None]:
+    text: np.ndarray | None, text_mask: np.ndarray | None, rnd: Round, num_frames: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Text [calls, tokens, D] and mask of a round's calls (see the module docstring)."""
     if text is None:
         return None, None
+    text, text_mask = np.asarray(text), np.asarray(text_mask)
     if not rnd.known.any():
         joined = text.reshape(1, -1, text.shape[-1])
-        return jnp.repeat(joined, rnd.num_calls, 0), jnp.repeat(
-            text_mask.reshape(1, -1), rnd.num_calls, 0
-        )
+        joined_mask = text_mask.reshape(1, -1)
+        return joined.repeat(rnd.num_calls, 0), joined_mask.repeat(rnd.num_calls, 0)
     index = prompt_index(rnd.positions[:, 0], num_frames, text.shape[0])
     return text[index], text_mask[index]
 
@@ -69,22 +74,25 @@ def run_plan(
     sample_fn: SampleFn,
     plan: FramePlan,
     frame_shape: Sequence[int],
-    key: jax.Array,
-    text: jax.Array | None = None,
-    text_mask: jax.Array | None = None,
+    seed: int,
+    text: np.ndarray | None = None,
+    text_mask: np.ndarray | None = None,
     progress: bool = False,
     desc: str = "long video",
-) -> jax.Array:
-    """Frames [num_frames, *frame_shape] made by ``plan``, one ``sample_fn(keys, known,
-    known_mask, text, text_mask)`` call per round."""
-    buffer = jnp.zeros((plan.buffer_frames, *frame_shape), jnp.float32)
-    bar = _bar(progress, len(plan.rounds), desc)
+    unit: str = "round",
+) -> np.ndarray:
+    """Frames [num_frames, *frame_shape] (float32) made by ``plan``, one ``sample_fn(key_data,
+    known, known_mask, text, text_mask)`` call per round (a tqdm bar over the rounds with
+    ``progress``). The frames live on the host between rounds: each round reads its known
+    frames and writes back only the frames it made."""
+    buffer = np.zeros((plan.buffer_frames, *frame_shape), np.float32)
+    bar = _bar(progress, len(plan.rounds), desc, unit)
     for index, rnd in enumerate(plan.rounds):
-        known_mask = jnp.asarray(rnd.known)
-        known = buffer[rnd.positions] * known_mask[:, :, None, None, None]
+        known = buffer[rnd.positions] * rnd.known[:, :, None, None, None]
         texts = round_text(text, text_mask, rnd, plan.num_frames)
-        made = sample_fn(call_keys(key, index, rnd.num_calls), known, known_mask, *texts)
-        buffer = buffer.at[rnd.new_positions()].set(made[rnd.keep])
+        keys = call_keys(seed, index, rnd.num_calls)
+        made = np.asarray(sample_fn(keys, known, rnd.known, *texts))
+        buffer[rnd.new_positions()] = made[rnd.keep]
         if bar is not None:
             bar.set_postfix(calls=rnd.num_calls)
             bar.update(1)
@@ -93,12 +101,12 @@ def run_plan(
     return buffer[: plan.num_frames]
 
 
-def _bar(enabled: bool, total: int, desc: str):
+def _bar(enabled: bool, total: int, desc: str, unit: str):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="depth" if "diffusion" in desc else "round")
+    return tqdm(total=total, desc=desc, unit=unit)
 
 
 def make_plan(
@@ -162,16 +170,16 @@ class LongVideoModel:
             )
         return self._cache[key]
 
-    def decode(self, latents: jax.Array) -> np.ndarray:
+    def decode(self, latents: np.ndarray) -> np.ndarray:
         """uint8 frames [N, H, W, 3] from diffusion-space frames [N, h, w, c]: the T-KLVAE
         decodes chunks of ``config.vae_train.clip_frames`` frames (its training length), all
         chunks batched (at most ``config.long_video.decode_batch`` a call)."""
         if self.vae is None:
-            return np.asarray(video_to_uint8(latents))
+            return np.asarray(video_to_uint8(jnp.asarray(latents)))
         chunk = int(self.config.vae_train.clip_frames)
         frames = latents.shape[0]
         padded = -(-frames // chunk) * chunk
-        z = jnp.concatenate([latents, jnp.repeat(latents[-1:], padded - frames, 0)])
+        z = np.concatenate([latents, np.repeat(latents[-1:], padded - frames, 0)])
         z = z.reshape(padded // chunk, chunk, *latents.shape[1:]) / self.latent_scale
         if "decode" not in self._cache:
             self._cache["decode"] = jax.jit(
@@ -215,7 +223,7 @@ class LongVideoModel:
 
 def encode_prompts(
     model: LongVideoModel, prompts: str | Sequence[str], text_encoder: Any = None
-) -> tuple[jax.Array | None, jax.Array | None]:
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(text [P, tokens, D], mask [P, tokens]) of the prompts, or (None, None) for a model
     without text."""
     from imagen_video_jax.cascade.cascade import check_prompts, shared_text_encoder
@@ -232,13 +240,13 @@ def encode_prompts(
             f"the MTD model takes text of width {model.mtd.text_dim}; the text encoder makes "
             f"width {text.shape[-1]}"
         )
-    return jnp.asarray(text, jnp.float32), jnp.asarray(mask, bool)
+    return np.asarray(text, np.float32), np.asarray(mask, bool)
 
 
 def sample_long_latents(
     model: LongVideoModel,
-    text: jax.Array | None,
-    text_mask: jax.Array | None,
+    text: np.ndarray | None,
+    text_mask: np.ndarray | None,
     num_frames: int,
     *,
     frames_per_call: int | None = None,
@@ -249,19 +257,18 @@ def sample_long_latents(
     options: SamplingOptions | None = None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = False,
-) -> jax.Array:
+) -> np.ndarray:
     """Diffusion-space frames [num_frames, h, w, c] (float32) from encoded prompts."""
     long_video = model.config.long_video
     frames_per_call = int(frames_per_call or long_video.frames_per_call)
     context = int(context or long_video.context)
+    depth = int(depth or long_video.depth)
     plan = make_plan(method, num_frames, frames_per_call, depth, context)
     options = options or SamplingOptions.from_config(model.config.sample)
     sampler = model.segment_sampler(options, devices)
+    unit = "depth" if method == "diffusion_over_diffusion" else "window"
     desc = method.replace("_", " ")
-    latents = run_plan(
-        sampler, plan, model.frame_shape, jax.random.key(seed), text, text_mask, progress, desc
-    )
-    return jax.block_until_ready(latents)
+    return run_plan(sampler, plan, model.frame_shape, seed, text, text_mask, progress, desc, unit)
 
 
 def generate_long_video(
@@ -283,9 +290,9 @@ def generate_long_video(
 ) -> np.ndarray:
     """A uint8 video [num_frames, H, W, 3] from prompts (one, or a storyline of several).
 
-    ``method``: 'diffusion_over_diffusion' (NUWA-XL; ``depth`` defaults to the smallest whose
-    (L-1)^m + 1 frames hold ``num_frames``) or 'autoregressive' (sliding windows knowing the
-    last ``context`` frames). ``frames_per_call`` (L), ``context``, ``num_steps``,
+    ``method``: 'diffusion_over_diffusion' (NUWA-XL, ``depth`` m: num_frames <= (L-1)^m + 1;
+    the frames beyond num_frames are not made) or 'autoregressive' (sliding windows knowing the
+    last ``context`` frames). ``frames_per_call`` (L), ``depth``, ``context``, ``num_steps``,
     ``guidance_weight`` and ``sampler`` default to the model's config. Progress by depth.
     """
     text, text_mask = encode_prompts(model, prompts, text_encoder)

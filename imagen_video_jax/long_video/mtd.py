@@ -98,11 +98,11 @@ class SamplingOptions:
 
 
 def _pad_rows(x: Any, rows: int) -> Any:
-    """Repeat the last row of every array of ``x`` until it has ``rows`` rows."""
+    """Repeat the last row of every (numpy) array of ``x`` until it has ``rows`` rows."""
 
     def pad(a):
         extra = rows - a.shape[0]
-        return a if extra == 0 else jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)])
+        return a if extra == 0 else np.concatenate([a, np.repeat(a[-1:], extra, axis=0)])
 
     return jax.tree_util.tree_map(pad, x)
 
@@ -110,12 +110,13 @@ def _pad_rows(x: Any, rows: int) -> Any:
 class SegmentSampler:
     """Samples a batch of MTD calls in ONE jitted call: segments stacked on the batch axis.
 
-    ``sampler(keys [S], known [S, L, h, w, c], known_mask [S, L], text [S, tokens, D] | None,
-    text_mask [S, tokens] | None) -> [S, L, h, w, c]`` float32. Each segment draws its noise from
-    its own key (the loop runs per segment under vmap, the model sees all segments batched), so
-    a segment's result does not depend on the others. With several devices the segments are
-    sharded over a 1-D 'data' mesh (padded to a multiple of the device count). ``calls`` and
-    ``batch_sizes`` record every batched call; ``trace_count`` the compilations.
+    ``sampler(key_data [S, 2], known [S, L, h, w, c], known_mask [S, L], text [S, tokens, D] |
+    None, text_mask [S, tokens] | None) -> [S, L, h, w, c]`` (float32 numpy); ``key_data`` holds
+    raw threefry2x32 keys (uint32). Each segment draws its noise from its own key (the loop runs
+    per segment under vmap, the model sees all segments batched), so a segment's result does not
+    depend on the others. The segments are sharded over a 1-D 'data' mesh of ``devices``
+    (default: all), padded to a multiple of their count. ``calls`` and ``batch_sizes`` record
+    every batched call; ``trace_count`` the compilations.
     """
 
     def __init__(
@@ -130,12 +131,10 @@ class SegmentSampler:
     ):
         if not model.mask_condition:
             raise ValueError("MTD needs a VideoUNet with mask_condition=True; got False")
-        self.model, self.schedule, self.prediction, self.options = (
-            model,
-            schedule,
-            prediction,
-            options,
-        )
+        self.model = model
+        self.schedule = schedule
+        self.prediction = prediction
+        self.options = options
         devices = list(jax.devices() if devices is None else devices)
         self.mesh = Mesh(np.array(devices), ("data",))
         self.params = jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
@@ -150,12 +149,12 @@ class SegmentSampler:
 
     def __call__(
         self,
-        keys: jax.Array,
-        known: jax.Array,
-        known_mask: jax.Array,
-        text: jax.Array | None = None,
-        text_mask: jax.Array | None = None,
-    ) -> jax.Array:
+        key_data: np.ndarray,
+        known: np.ndarray,
+        known_mask: np.ndarray,
+        text: np.ndarray | None = None,
+        text_mask: np.ndarray | None = None,
+    ) -> np.ndarray:
         segments = int(known.shape[0])
         if self.model.use_text and text is None:
             raise ValueError("this MTD model takes text: pass text and text_mask for every call")
@@ -165,14 +164,18 @@ class SegmentSampler:
         self.batch_sizes.append(segments)
         devices = self.mesh.devices.size
         rows = -(-segments // devices) * devices
-        batch = (keys, jnp.asarray(known, jnp.float32), jnp.asarray(known_mask).astype(bool))
-        texts = None if text is None else (jnp.asarray(text), jnp.asarray(text_mask).astype(bool))
+        batch = (
+            np.asarray(key_data, np.uint32),
+            np.asarray(known, np.float32),
+            np.asarray(known_mask, bool),
+        )
+        texts = None if text is None else (np.asarray(text), np.asarray(text_mask, bool))
         batch, texts = _pad_rows((batch, texts), rows)
         sharded = NamedSharding(self.mesh, PartitionSpec("data"))
         batch, texts = jax.device_put((batch, texts), sharded)
         weight = jnp.float32(self.options.guidance_weight)
         out = self._loop(texts is not None)(self.params, *batch, texts, weight)
-        return out[:segments]
+        return np.asarray(out)[:segments]
 
     def _loop(self, with_text: bool) -> Callable:
         if with_text not in self._compiled:
@@ -182,8 +185,9 @@ class SegmentSampler:
     def _batched(self) -> Callable:
         one = self._one_segment()
 
-        def loop(params, keys, known, known_mask, texts, weight):
+        def loop(params, key_data, known, known_mask, texts, weight):
             self.trace_count += 1
+            keys = jax.random.wrap_key_data(key_data, impl="threefry2x32")
             return jax.vmap(one, in_axes=(None, 0, 0, 0, 0, None))(
                 params, keys, known, known_mask, texts, weight
             )

@@ -45,7 +45,12 @@ from imagen_video_jax.diffusion.guidance import cfg_model_fn
 from imagen_video_jax.diffusion.samplers import SAMPLERS, get_sampler
 from imagen_video_jax.diffusion.schedules import DEFAULT_SCHEDULE, Schedule
 from imagen_video_jax.models import VideoUNet
-from imagen_video_jax.train.objective import diffusion_schedule, null_text, video_to_uint8
+from imagen_video_jax.train.objective import (
+    diffusion_schedule,
+    null_text,
+    video_to_float,
+    video_to_uint8,
+)
 
 METHODS = ("reconstruction", "replacement")
 
@@ -263,7 +268,8 @@ class WindowSampler:
 
     Each kind (batch size, with or without known frames, guided or not) compiles once; params,
     text, the guidance weight, keys and known frames are arguments, so new ones never recompile.
-    ``progress(step, num_steps)`` (an attribute; may be None) hears the sampling steps.
+    ``progress(step, num_steps)`` hears the sampling steps when given at construction (the
+    attribute may then be swapped for another callable).
     """
 
     _shared: ClassVar[dict[tuple, WindowSampler]] = {}
@@ -323,7 +329,8 @@ class WindowSampler:
         )
         observation = frames_observation(known, known_frames) if conditional else None
         shape = (batch, *self.window)
-        return conditional_sample(fn, observation, key, shape, self.options, progress=self._report)
+        report = None if self.progress is None else self._report
+        return conditional_sample(fn, observation, key, shape, self.options, progress=report)
 
     def __call__(
         self,
@@ -490,8 +497,8 @@ def extend_stage_video(
     ``text``/``text_mask`` [B, ...] for text models (B from them, else ``batch``, default 1);
     ``guidance_weight`` (default ``config.sample.guidance_weight``) is classifier-free;
     ``context_frames`` defaults to ``config.sample.context_frames`` or half the window;
-    ``start`` (float in [-1, 1]) replaces the first window; ``options`` override VDMSampling
-    fields (sampler, num_steps, method, weight, clip_x).
+    ``start`` (uint8, or float in [-1, 1]) replaces the first window; ``options`` override
+    VDMSampling fields (sampler, num_steps, method, weight, clip_x).
     """
     sampler = WindowSampler.shared(config, **options)
     window_frames = sampler.window[0]
@@ -511,7 +518,7 @@ def extend_stage_video(
         num_frames=num_frames,
         window_frames=window_frames,
         context_frames=context_frames,
-        start=start,
+        start=None if start is None else video_to_float(jnp.asarray(start)),
         progress=progress,
     )
     return np.asarray(video_to_uint8(video))
