@@ -1,6 +1,7 @@
-"""NUWA-XL long videos: frame planning of diffusion over diffusion, Mask Temporal Diffusion
-(global, local and prefix modes), the autoregressive baseline, T-KLVAE/MTD training on the
-bundled data, and the long-video metrics (B-FVD-16, Avg-FID)."""
+"""Long and conditional video: NUWA-XL (frame planning of diffusion over diffusion, Mask
+Temporal Diffusion in global, local and prefix modes, the autoregressive baseline, T-KLVAE/MTD
+training, B-FVD-16 and Avg-FID) and VDM (reconstruction-guided prediction, interpolation,
+super-resolution and autoregressive extension)."""
 
 from imagen_video_jax.long_video.generate import (
     METHODS,
@@ -28,8 +29,24 @@ from imagen_video_jax.long_video.planning import (
     plan_long_video,
     smallest_depth,
 )
+from imagen_video_jax.long_video.vdm import (
+    VDMSampling,
+    WindowSampler,
+    extend_stage_video,
+    extend_video,
+    interpolate_video,
+    predict_video,
+    super_resolve_video,
+)
 
 __all__ = [
+    "VDMSampling",
+    "WindowSampler",
+    "extend_stage_video",
+    "extend_video",
+    "interpolate_video",
+    "predict_video",
+    "super_resolve_video",
     "MASK_MODES",
     "METHODS",
     "FramePlan",
