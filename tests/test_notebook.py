@@ -11,11 +11,9 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb
 
 @pytest.mark.slow
 def test_quickstart_notebook_runs_and_shows_the_videos(monkeypatch):
-    # The tiny random cascade keeps this fast, and so does a low XLA optimization level: the
-    # tiny stages compile several times faster and run a little slower.
+    # The tiny random cascade keeps this fast (the kernel inherits conftest's XLA flags).
     monkeypatch.setenv("IMAGEN_VIDEO_QUICKSTART", "tiny")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
 
