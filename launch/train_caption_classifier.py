@@ -74,12 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = time.time() - started
     classifier.save(args.out)
     report = {
-        "weights": str(args.out),
+        "weights": args.out.name,
         "train_seconds": round(train_seconds, 1),
-        "settings": {**vars(args), "out": str(args.out)},
+        "settings": {key: value for key, value in vars(args).items() if key != "out"},
         "held_out_accuracy": held_out_accuracy(classifier, settings),
     }
-    text = json.dumps(report, indent=2, default=str)
+    text = json.dumps(report, indent=2)
     args.out.with_suffix(args.out.suffix + ".json").write_text(text + "\n")
     print(text)
     return 0

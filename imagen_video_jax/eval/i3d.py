@@ -6,9 +6,12 @@ network's 400-d ``Logits`` endpoint: class logits before the softmax, averaged o
 is the output of the TF-Hub I3D module that the reference FVD code embeds videos with.
 
 Preprocessing follows the reference FVD code: every frame is resized to 224x224 with bilinear
-interpolation (half-pixel centres, no antialiasing, the aspect ratio is not kept) and values
-are scaled from [0, 255] to [-1, 1]. The network needs at least :data:`MIN_FRAMES` frames, so
-shorter clips are stretched in time by repeating each frame ``ceil(16 / frames)`` times.
+interpolation (the aspect ratio is not kept) and values are scaled from [0, 255] to [-1, 1].
+The bilinear filter uses half-pixel centres and no antialiasing, as ``tf.image.resize`` and
+torch's ``interpolate(align_corners=False)`` do in the later FVD implementations (the first
+one's TF1 ``resize_bilinear`` sampled a grid shifted by under one source pixel). The network
+needs at least :data:`MIN_FRAMES` frames (fewer leave its final temporal pooling window
+empty), so shorter clips are stretched by repeating each frame ``ceil(16 / frames)`` times.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 I3D_SIZE = 224  # input height and width of the network
 FEATURE_DIM = 400  # Kinetics-400 logits
-MIN_FRAMES = 9  # three stride-2 stages in time, then a temporal window of 2
+MIN_FRAMES = 9  # three stride-2 stages in time must leave 2 steps for the final window
 STRETCH_FRAMES = 16  # clips shorter than MIN_FRAMES are repeated up to at least this length
 DEFAULT_PER_DEVICE_BATCH = 8
 
