@@ -1,7 +1,9 @@
 """Attention blocks of the Video U-Net: spatial self-attention per frame, temporal
 self-attention per pixel (relative position bias, image frames masked), and cross-attention
-to text tokens. All run through ``jax.nn.dot_product_attention`` in the compute dtype, with
-a zero-initialised output projection so each block starts as the identity.
+to text tokens. Spatial and cross-attention run through ``jax.nn.dot_product_attention``;
+the temporal attention's T x T products are einsums in the video's own layout
+(:func:`frame_attention`). All compute in the compute dtype, with a zero-initialised output
+projection so each block starts as the identity.
 """
 
 from __future__ import annotations
@@ -77,11 +79,16 @@ class SpatialAttention(nn.Module):
 
 
 class TemporalAttention(nn.Module):
-    """Self-attention among the frames at each pixel: [B, H*W, T, heads, d].
+    """Self-attention among the T frames at each pixel, per head.
 
     A learned bias per head over frame offsets (clipped to ``max_distance``) gives the frames
     their order. Image frames (``video_frames`` False) are masked out as keys for every other
     frame and their own residual is bypassed, so for them the block is the identity.
+
+    The norm and both projections work on the video's own [B, T, H, W, C] layout and
+    :func:`frame_attention` computes the T x T attention from there, so only q, k, v and the
+    attended values change layout (each once, inside the attention's products), never the
+    normalised input or the block's output.
     """
 
     head_dim: int
@@ -94,22 +101,14 @@ class TemporalAttention(nn.Module):
         b, t, height, width, c = x.shape
         heads = _num_heads(c, self.head_dim)
         h = FrameGroupNorm(self.groups, self.dtype, name="norm")(x)
-        h = h.transpose(0, 2, 3, 1, 4).reshape(b, height * width, t, c)
         qkv = heads_projection(
             heads, self.head_dim, self.dtype, parts=3, name="qkv", in_axis="embed"
-        )(h)
-        q, k, v = (qkv[:, :, :, i] for i in range(3))
-        bias = self._relative_position_bias(heads, t)[None]
-        mask = (
-            None if video_frames is None else temporal_attention_mask(video_frames)[:, None, None]
+        )(h.reshape(b, t, height * width, c))
+        mask = None if video_frames is None else temporal_attention_mask(video_frames)
+        out = frame_attention(
+            *(qkv[:, :, :, i] for i in range(3)), self._relative_position_bias(heads, t), mask
         )
-
-        def attend(q, k, v, mask):
-            return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
-
-        out = jax.vmap(attend)(q, k, v, mask)
-        out = output_projection(c, self.dtype)(out)
-        out = out.reshape(b, height, width, t, c).transpose(0, 3, 1, 2, 4)
+        out = output_projection(c, self.dtype)(out).reshape(x.shape)
         if video_frames is not None:
             out = out * frame_gate(video_frames, out.dtype)
         return constrain_video(x + out)
@@ -124,6 +123,44 @@ class TemporalAttention(nn.Module):
         offsets = jnp.arange(frames)[None, :] - jnp.arange(frames)[:, None]
         index = jnp.clip(offsets, -self.max_distance, self.max_distance) + self.max_distance
         return table[index].transpose(2, 0, 1)
+
+
+def frame_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, mask: jax.Array | None
+) -> jax.Array:
+    """Attention among the T frames at every pixel, in the video layout.
+
+    ``q``, ``k``, ``v`` [B, T, P, heads, d], ``bias`` [heads, T, T], ``mask`` None or [B, T, T]
+    (True: the query frame may attend to the key frame) -> [B, T, P, heads, d].
+
+    With T small (16) this is a batch of tiny products, bound by memory traffic and layout, not
+    a flash-attention workload: the einsums keep (B, P, heads) as batch axes, so each of q, k, v
+    and the output is transposed once, inside the products. Logits and softmax in float32,
+    products in ``q``'s dtype (as ``jax.nn.dot_product_attention`` does).
+    """
+    logits = jnp.einsum(
+        "btpnd,bspnd->bpnts",
+        q,
+        k,
+        precision=_float32_accumulation(q.dtype),
+        preferred_element_type=jnp.float32,
+    )
+    logits = logits * q.shape[-1] ** -0.5 + bias
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bpnts,bspnd->btpnd", probs, v)
+
+
+def _float32_accumulation(dtype: jnp.dtype) -> jax.lax.DotAlgorithmPreset | None:
+    """Dot algorithm with ``dtype`` inputs and float32 accumulation (None for float32 inputs):
+    explicit, so that the backward products of the float32 logits also take ``dtype`` inputs.
+    """
+    presets = {
+        jnp.dtype(jnp.bfloat16): jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+        jnp.dtype(jnp.float16): jax.lax.DotAlgorithmPreset.F16_F16_F32,
+    }
+    return presets.get(jnp.dtype(dtype))
 
 
 def temporal_attention_mask(video_frames: jax.Array) -> jax.Array:

@@ -1,6 +1,10 @@
 """Building blocks of the Video U-Net: per-frame convolutions and norms, residual blocks,
 resampling, and the temporal convolution.
 
+The norm (with its FiLM modulation and SiLU) has a hand-written gradient and the upsampling
+convolution never builds the upsampled frames: both are memory-traffic and FLOP savings that
+leave the computed function unchanged.
+
 Activations are channels-last videos ``[batch, frames, height, width, channels]``. Spatial
 operations treat every frame as an independent image; the temporal convolution mixes frames at
 each spatial position. Parameters are float32 with logical axis names; compute runs in ``dtype``.
@@ -141,9 +145,9 @@ def frame_group_norm(
 
 def _norm_forward(x, gamma, beta, film, groups, epsilon, silu, dtype):
     pixels = _pixels_view(x).astype(jnp.float32)
-    count = pixels.shape[2] * (pixels.shape[3] // groups)
-    mean = _group_sum(jnp.sum(pixels, axis=2), groups) / count
-    mean_square = _group_sum(jnp.sum(jnp.square(pixels), axis=2), groups) / count
+    # Two per-channel sums over the pixels (one pass over x), then tiny sums over each group.
+    moments = jnp.stack([jnp.sum(pixels, axis=2), jnp.sum(jnp.square(pixels), axis=2)])
+    mean, mean_square = _group_sum(moments, groups) / _group_size(pixels, groups)
     inv_std = jax.lax.rsqrt(jnp.maximum(mean_square - jnp.square(mean), 0.0) + epsilon)
     y, _ = _modulated(pixels, mean, inv_std, gamma, beta, film)
     out = (nn.silu(y) if silu else y).astype(dtype).reshape(x.shape)
@@ -159,30 +163,28 @@ def _norm_backward(groups, epsilon, silu, dtype, residuals, grad_out):
     if silu:
         sigmoid = jax.nn.sigmoid(y)
         grad_y = grad_y * sigmoid * (1.0 + y * (1.0 - sigmoid))
-    # The only full-size reductions: per (example, frame, channel) sums over the pixels.
-    sum_grad = jnp.sum(grad_y, axis=2)
-    sum_grad_normed = jnp.sum(grad_y * normed, axis=2)
+    # The only full-size reductions: per-channel sums over the pixels (one pass).
+    sums = jnp.stack([jnp.sum(grad_y, axis=2), jnp.sum(grad_y * normed, axis=2)])
 
-    gain = _film_gain(film)  # d y / d (normed * gamma + beta), [B, 1, C] or scalar
+    gain = _film_gain(film)  # d y / d (normed * gamma + beta): [B, 1, C], or 1.0
     slope = gamma * gain  # d y / d normed
-    count = pixels.shape[2] * (pixels.shape[3] // groups)
-    channels = pixels.shape[3]
-    mean_grad = _group_sum(slope * sum_grad, groups) / count
-    mean_grad_normed = _group_sum(slope * sum_grad_normed, groups) / count
+    mean_grad, mean_grad_normed = _group_sum(slope * sums, groups) / _group_size(pixels, groups)
+    channels = pixels.shape[-1]
     grad_x = _per_channel(inv_std, channels) * (
         grad_y * _per_pixel(slope)
         - _per_channel(mean_grad, channels)
         - normed * _per_channel(mean_grad_normed, channels)
     )
+    grad_beta, grad_gamma = jnp.sum(gain * sums, axis=(1, 2))
     grads = (
         grad_x.astype(x.dtype).reshape(x.shape),
-        jnp.sum(gain * sum_grad_normed, axis=(0, 1)).astype(gamma.dtype),
-        jnp.sum(gain * sum_grad, axis=(0, 1)).astype(beta.dtype),
+        grad_gamma.astype(gamma.dtype),
+        grad_beta.astype(beta.dtype),
     )
     if film is None:
         return (*grads, None)
-    grad_shift = jnp.sum(sum_grad, axis=1)
-    grad_scale = gamma * jnp.sum(sum_grad_normed, axis=1) + beta * grad_shift
+    grad_shift, grad_normed = jnp.sum(sums, axis=2)  # per example, [B, C]
+    grad_scale = gamma * grad_normed + beta * grad_shift
     return (*grads, (grad_scale.astype(film[0].dtype), grad_shift.astype(film[1].dtype)))
 
 
@@ -210,6 +212,11 @@ def _pixels_view(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], x.shape[1], -1, x.shape[-1])
 
 
+def _group_size(pixels: jax.Array, groups: int) -> int:
+    """Number of values behind each statistic of [B, T, P, C] ``pixels``: pixels x channels."""
+    return pixels.shape[2] * (pixels.shape[3] // groups)
+
+
 def _group_sum(per_channel: jax.Array, groups: int) -> jax.Array:
     """[..., C] -> [..., groups]: sums over the channels of each group."""
     return per_channel.reshape(*per_channel.shape[:-1], groups, -1).sum(axis=-1)
@@ -235,8 +242,15 @@ class ResBlock(nn.Module):
     train: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
-        """x [B,T,H,W,C_in], emb [B,E] (already SiLU-activated) -> [B,T,H,W,features]."""
+    def __call__(self, x: jax.Array, emb: jax.Array, skip: jax.Array | None = None) -> jax.Array:
+        """x [B,T,H,W,C_in], emb [B,E] (already SiLU-activated) -> [B,T,H,W,features].
+
+        ``skip`` (a U-Net skip connection) is concatenated to ``x`` along channels first;
+        inside the block, so that under rematerialisation the concatenation is recomputed
+        rather than stored next to the skip it copies.
+        """
+        if skip is not None:
+            x = jnp.concatenate([x, skip], axis=-1)
         h = FrameGroupNorm(self.groups, self.dtype, silu=True, name="norm_in")(x)
         h = conv(self.features, (3, 3), self.dtype, name="conv_in")(h)
         scale, shift = jnp.split(dense(2 * self.features, self.dtype, name="film")(emb), 2, -1)
@@ -307,11 +321,14 @@ class SubpixelConv(nn.Module):
         )
         phase_kernel = jnp.einsum("aut,bvs,tsio->uviabo", _SUBPIXEL_FOLD, _SUBPIXEL_FOLD, kernel)
         phase_kernel = phase_kernel.reshape(2, 2, channels, 4 * self.features)
+        frames = x.reshape(-1, height, width, channels).astype(self.dtype)
         y = jax.lax.conv_general_dilated(
-            x.reshape(-1, height, width, channels).astype(self.dtype),
+            # Explicit padding and a VALID window: the kernel gradient of a 2x2 convolution
+            # with padding (1, 1) has no fast path on XLA:CPU.
+            jnp.pad(frames, ((0, 0), (1, 1), (1, 1), (0, 0))),
             phase_kernel.astype(self.dtype),
             window_strides=(1, 1),
-            padding=((1, 1), (1, 1)),
+            padding="VALID",
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         ).reshape(-1, height + 1, width + 1, 2, 2, self.features)
         rows = [

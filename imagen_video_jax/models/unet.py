@@ -32,9 +32,14 @@ from imagen_video_jax.models.layers import (
 from imagen_video_jax.models.validation import check_config, check_inputs
 
 
-def save_matmul_outputs(prim, *_, **__) -> bool:
-    """Remat policy: keep matmul and convolution outputs, recompute the cheap elementwise ops."""
-    return prim in (jax.lax.dot_general_p, jax.lax.conv_general_dilated_p)
+def save_matmul_outputs(prim, *_, **params) -> bool:
+    """Remat policy: keep the outputs of convolutions and of unbatched matmuls (the dense
+    projections); recompute norms, activations and the attention products (batched matmuls,
+    whose float32 logits are the largest activations and cost little to redo)."""
+    if prim is jax.lax.dot_general_p:
+        (_, _), (lhs_batch, _) = params["dimension_numbers"]
+        return not lhs_batch
+    return prim is jax.lax.conv_general_dilated_p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +73,10 @@ class SpaceTimeBlock(nn.Module):
     options: BlockOptions
 
     @nn.compact
-    def __call__(self, h, emb, text, text_mask, video_frames):
+    def __call__(self, h, emb, text, text_mask, video_frames, skip=None):
         o = self.options
         h = o.wrap(ResBlock)(self.features, o.groups, o.dtype, o.dropout, o.train, name="res")(
-            h, emb
+            h, emb, skip
         )
         if self.spatial_attention:
             h = o.wrap(SpatialAttention)(
@@ -282,12 +287,12 @@ class VideoUNet(nn.Module):
             h = condition_at(h, level, "up")
             features = self.channels * self.channel_mult[level]
             for i in range(self.num_res_blocks[level]):
-                h = jnp.concatenate([h, skips.pop()], axis=-1)
-                h = self._block(f"up_{level}_{i}", level, features, options)(h, *ctx)
+                block = self._block(f"up_{level}_{i}", level, features, options)
+                h = block(h, *ctx, skip=skips.pop())
             if level > 0:
                 h = Upsample(features, dtype, name=f"up_{level}_resample")(h)
 
-        h = nn.silu(FrameGroupNorm(self.norm_groups, dtype, name="norm_out")(h))
+        h = FrameGroupNorm(self.norm_groups, dtype, silu=True, name="norm_out")(h)
         out = conv(
             self.out_channels, (3, 3), dtype, zero_init=True, names=("embed", None), name="conv_out"
         )(h)

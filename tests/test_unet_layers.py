@@ -1,0 +1,187 @@
+"""The U-Net's fused layers against float64 NumPy references: the per-frame GroupNorm (with
+FiLM and SiLU) and its hand-written gradient, the sub-pixel upsampling convolution, and the
+remat policy's choice of what to keep."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from imagen_video_jax.models.layers import SubpixelConv, frame_group_norm
+from imagen_video_jax.models.unet import save_matmul_outputs
+
+EPS = 1e-5
+
+
+def _norm_ref(x, gamma, beta, scale, shift, groups, silu):
+    """float64 GroupNorm per (example, frame, group) over pixels and the group's channels."""
+    b, t, c = x.shape[0], x.shape[1], x.shape[-1]
+    g = x.reshape(b, t, -1, groups, c // groups)
+    mean = g.mean(axis=(2, 4), keepdims=True)
+    var = g.var(axis=(2, 4), keepdims=True)
+    y = ((g - mean) / np.sqrt(var + EPS)).reshape(x.shape) * gamma + beta
+    if scale is not None:
+        per_example = (b,) + (1,) * (x.ndim - 2) + (c,)
+        y = y * (1.0 + scale.reshape(per_example)) + shift.reshape(per_example)
+    return y / (1.0 + np.exp(-y)) if silu else y
+
+
+def _norm_case(seed, shape, film):
+    rng = np.random.default_rng(seed)
+    c = shape[-1]
+    values = {
+        "x": rng.normal(0.5, 2.0, shape),
+        "gamma": rng.normal(1.0, 0.3, c),
+        "beta": rng.normal(0.0, 0.3, c),
+        "scale": rng.normal(0.0, 0.3, (shape[0], c)) if film else None,
+        "shift": rng.normal(0.0, 0.3, (shape[0], c)) if film else None,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _apply_norm(v, groups, silu, dtype=jnp.float32):
+    film = (v["scale"], v["shift"]) if "scale" in v else None
+    return frame_group_norm(v["x"], v["gamma"], v["beta"], film, groups, EPS, silu, dtype)
+
+
+CASES = [  # shape [B, T, H, W, C] or [B, T, P, C], groups, FiLM, SiLU
+    ((2, 3, 4, 5, 8), 2, True, True),
+    ((2, 3, 4, 5, 8), 4, False, False),
+    ((1, 2, 6, 12), 3, True, False),
+    ((2, 2, 3, 2, 16), 16, False, True),
+]
+
+
+@pytest.mark.parametrize("shape, groups, film, silu", CASES)
+def test_frame_group_norm_matches_numpy(shape, groups, film, silu):
+    v = _norm_case(0, shape, film)
+    out = _apply_norm({k: jnp.asarray(a, jnp.float32) for k, a in v.items()}, groups, silu)
+    expected = _norm_ref(
+        v["x"], v["gamma"], v["beta"], v.get("scale"), v.get("shift"), groups, silu
+    )
+    np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, groups, film, silu", CASES)
+def test_frame_group_norm_gradient_matches_finite_differences(shape, groups, film, silu):
+    """<grad, u> of sum(w * norm(...)) for a random direction u of every input, against a
+    central difference of the float64 NumPy reference."""
+    v = _norm_case(1, shape, film)
+    rng = np.random.default_rng(2)
+    weights = rng.normal(size=shape)
+    directions = {k: rng.normal(size=a.shape) for k, a in v.items()}
+
+    def ref_loss(values):
+        return np.sum(weights * _norm_ref(**_ref_args(values), groups=groups, silu=silu))
+
+    def loss(values):
+        return jnp.sum(jnp.asarray(weights, jnp.float32) * _apply_norm(values, groups, silu))
+
+    grads = jax.grad(loss)({k: jnp.asarray(a, jnp.float32) for k, a in v.items()})
+    step = 1e-4
+    for name, u in directions.items():
+        plus = {**v, name: v[name] + step * u}
+        minus = {**v, name: v[name] - step * u}
+        expected = (ref_loss(plus) - ref_loss(minus)) / (2 * step)
+        got = float(np.sum(np.asarray(grads[name], np.float64) * u))
+        assert got == pytest.approx(expected, rel=2e-4, abs=1e-3), name
+
+
+def _ref_args(values):
+    return {
+        "x": values["x"],
+        "gamma": values["gamma"],
+        "beta": values["beta"],
+        "scale": values.get("scale"),
+        "shift": values.get("shift"),
+    }
+
+
+def test_frame_group_norm_keeps_dtypes_and_frames_independent():
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 3, 4, 4, 8)), jnp.bfloat16)
+    gamma, beta = jnp.ones(8), jnp.zeros(8)
+
+    def norm(x):
+        return frame_group_norm(x, gamma, beta, None, 2, EPS, True, jnp.bfloat16)
+
+    assert norm(x).dtype == jnp.bfloat16
+    grad = jax.grad(lambda x: jnp.sum(norm(x).astype(jnp.float32) * jnp.arange(8.0)))(x)
+    assert grad.dtype == jnp.bfloat16
+    moved = norm(x.at[1, 2].add(3.0)) != norm(x)
+    assert bool(moved[1, 2].any())
+    assert not bool(moved.at[1, 2].set(False).any())  # statistics never cross frames
+
+
+def _upsample_conv_ref(x, kernel, bias):
+    """float64 nearest 2x upsampling of [N, H, W, C], then a zero-padded 3x3 convolution."""
+    up = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+    padded = np.pad(up, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    n, h, w, _ = up.shape
+    out = np.zeros((n, h, w, kernel.shape[-1]))
+    for dy in range(3):
+        for dx in range(3):
+            out += np.einsum("nhwc,cf->nhwf", padded[:, dy : dy + h, dx : dx + w], kernel[dy, dx])
+    return out + bias
+
+
+def test_subpixel_conv_equals_upsample_then_conv():
+    x = np.random.default_rng(4).normal(size=(2, 3, 5, 7, 4))
+    module = SubpixelConv(6, jnp.float32)
+    abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(x.shape))
+    params = jax.tree.map(
+        lambda s: np.random.default_rng(5).normal(size=s.shape), nn.unbox(abstract)["params"]
+    )
+    assert {k: v.shape for k, v in params.items()} == {"kernel": (3, 3, 4, 6), "bias": (6,)}
+    f32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    out = module.apply({"params": f32}, jnp.asarray(x, jnp.float32))
+    expected = _upsample_conv_ref(x.reshape(6, 5, 7, 4), params["kernel"], params["bias"])
+    np.testing.assert_allclose(
+        np.asarray(out, np.float64), expected.reshape(2, 3, 10, 14, 6), rtol=1e-5, atol=1e-4
+    )
+
+
+def test_subpixel_conv_gradients_equal_upsample_then_conv():
+    """Both gradients against autodiff of the plain formulation (jnp.repeat, SAME 3x3 conv)."""
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.normal(size=(3, 4, 6, 5)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 5, 7)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(3, 8, 12, 7)), jnp.float32)
+    bias = jnp.zeros(7)
+
+    def subpixel(kernel, x):
+        out = SubpixelConv(7, jnp.float32).apply({"params": {"kernel": kernel, "bias": bias}}, x)
+        return jnp.sum(weights * out)
+
+    def plain(kernel, x):
+        up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        dn = ("NHWC", "HWIO", "NHWC")
+        out = jax.lax.conv_general_dilated(up, kernel, (1, 1), "SAME", dimension_numbers=dn)
+        return jnp.sum(weights * out)
+
+    got = jax.grad(subpixel, argnums=(0, 1))(kernel, x)
+    expected = jax.grad(plain, argnums=(0, 1))(kernel, x)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-4, atol=1e-4)
+
+
+def _equations(fn, *args):
+    return {e.primitive.name: e for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns}
+
+
+def test_remat_policy_keeps_convs_and_projections_not_attention_products():
+    x = jnp.zeros((2, 3, 4))
+    projection = _equations(lambda x, w: x @ w, x, jnp.zeros((4, 5)))["dot_general"]
+    batched = _equations(lambda q, k: jnp.einsum("btd,bsd->bts", q, k), x, x)["dot_general"]
+    image = jnp.zeros((1, 4, 4, 2))
+    conv = _equations(
+        lambda a, k: jax.lax.conv_general_dilated(a, k, (1, 1), "SAME", dimension_numbers=None),
+        image.transpose(0, 3, 1, 2),
+        jnp.zeros((3, 2, 3, 3)),
+    )["conv_general_dilated"]
+    assert save_matmul_outputs(projection.primitive, **projection.params)
+    assert save_matmul_outputs(conv.primitive, **conv.params)
+    assert not save_matmul_outputs(batched.primitive, **batched.params)
+    assert not save_matmul_outputs(jax.lax.exp_p)
