@@ -253,6 +253,9 @@ def train_config(name: str, size: str) -> ml_collections.ConfigDict:
             "ema_decay": {"tiny": 0.99, "mini": 0.999, "paper": 0.9999}[size],  # EMA of params
             "max_nonfinite_steps": 10,  # stop after this many NaN/inf steps in a row
             "text_source": "auto",  # auto | batch (precomputed text_emb) | encoder (on tokens)
+            # Path of a caption-embedding cache (.npz, `imagen-video embed`): the
+            # step then looks captions up instead of running the text encoder. '': no cache.
+            "text_cache": "",
             "checkpoint_every": {"tiny": 50, "mini": 1000, "paper": 5000}[size],  # steps
             "keep_checkpoints": 3,  # newest checkpoints kept on disk
             "async_checkpointing": True,  # write checkpoints while training goes on

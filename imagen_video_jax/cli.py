@@ -17,6 +17,10 @@ COMMANDS = {
         "imagen_video_jax.train.distill_cli",
         "guided + progressive distillation of a stage",
     ),
+    "embed": (
+        "imagen_video_jax.train.embed_cli",
+        "precompute text embeddings of a dataset's captions (train.text_cache)",
+    ),
     "sample": ("imagen_video_jax.cascade.cli", "sample videos from text with the cascade"),
     "eval": ("imagen_video_jax.eval.cli", "FVD, KVD and caption accuracy of a cascade"),
     "prepare": (

@@ -88,3 +88,19 @@ def parse_caption(text: str) -> tuple[int, str | None]:
     if len(pairs) != 1:
         raise ValueError(f"expected a one-digit caption, got {len(pairs)} digits in {text!r}")
     return pairs[0]
+
+
+def caption_vocabulary(*, two_digits: bool, bouncing: bool, images: bool = True) -> list[str]:
+    """Every caption the moving-digits renderer can write with these settings.
+
+    One-digit clips name one of the straight motions (or bouncing); two-digit clips name two
+    such phrases, top digit first; images name only their digit.
+    """
+    motions = MOTIONS if bouncing else DIRECTIONS
+    phrases = [(digit, motion) for digit in range(10) for motion in motions]
+    captions = [digits_caption([pair]) for pair in phrases]
+    if two_digits:
+        captions += [digits_caption([a, b]) for a in phrases for b in phrases]
+    if images:
+        captions += [digit_phrase(digit) for digit in range(10)]
+    return captions

@@ -21,6 +21,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from imagen_video_jax.models import VideoUNet
+from imagen_video_jax.models.text_cache import EmbeddingCache, load_embedding_cache
 from imagen_video_jax.models.text_encoder import load_text_encoder
 from imagen_video_jax.parallel import (
     axis_rules,
@@ -163,13 +164,21 @@ def encoder_placement(text_encoder: Any, mesh, rules) -> tuple[Any, Any]:
 class HostBatches:
     """Numpy batches of this process, reduced to what goes to the devices.
 
-    Text comes as precomputed embeddings ('text_emb' -> 'text') or as token ids of the
-    captions ('text_ids', tokenized here for the frozen encoder inside the step).
+    Text comes as precomputed embeddings ('text_emb' -> 'text'), as embeddings of the captions
+    looked up in an embedding cache (train.text_cache), or as token ids of the captions
+    ('text_ids', tokenized here for the frozen encoder inside the step).
     """
 
-    def __init__(self, iterator: Iterator, source: str, use_text: bool, text_encoder: Any):
+    def __init__(
+        self,
+        iterator: Iterator,
+        source: str,
+        use_text: bool,
+        text_encoder: Any,
+        cache: EmbeddingCache | None = None,
+    ):
         self.iterator, self.source, self.use_text = iterator, source, use_text
-        self.text_encoder = text_encoder
+        self.text_encoder, self.cache = text_encoder, cache
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self.iterator)
@@ -177,10 +186,33 @@ class HostBatches:
         if self.use_text and self.source == "batch":
             fields["text"] = np.asarray(batch["text_emb"], np.float32)
             fields["text_mask"] = np.asarray(batch["text_mask"], bool)
+        elif self.use_text and self.source == "cache":
+            fields["text"], fields["text_mask"] = self.cache.lookup(captions_of(batch))
         elif self.use_text:
-            captions = [str(c) for c in np.asarray(batch["caption"]).reshape(-1)]
-            fields["text_ids"], fields["text_mask"] = self.text_encoder.tokenize(captions)
+            fields["text_ids"], fields["text_mask"] = self.text_encoder.tokenize(captions_of(batch))
         return fields
+
+
+def captions_of(batch: Mapping[str, Any]) -> list[str]:
+    """The batch's captions as Python strings."""
+    return [str(c) for c in np.asarray(batch["caption"]).reshape(-1)]
+
+
+def open_text_cache(config: Mapping) -> EmbeddingCache | None:
+    """The embedding cache of train.text_cache (None when unset), checked against the
+    config's text encoder so that training sees the embeddings sampling will."""
+    path = config["train"].get("text_cache", "")
+    if not path:
+        return None
+    cache = load_embedding_cache(path)
+    encoder = config["text_encoder"]
+    if (cache.encoder_name, cache.max_length) != (encoder["name"], encoder["max_length"]):
+        raise ValueError(
+            f"train.text_cache {path} holds embeddings of {cache.encoder_name!r} at max_length "
+            f"{cache.max_length}; the config's text encoder is {encoder['name']!r} at "
+            f"{encoder['max_length']}"
+        )
+    return cache
 
 
 def resolve_text_source(config: Mapping, first_batch: Mapping) -> str:
@@ -256,12 +288,17 @@ def text_conditioning(
     (None when embeddings come precomputed or the model takes no text)."""
     first = next(iterator)
     use_text = bool(config["model"].get("use_text", True))
-    source = resolve_text_source(config, first) if use_text else "none"
+    cache = open_text_cache(config) if use_text else None
+    if cache is not None:
+        source = "cache"
+    else:
+        source = resolve_text_source(config, first) if use_text else "none"
     if source != "encoder":
         text_encoder = None
     elif text_encoder is None:
         text_encoder = default_text_encoder(config)
-    return HostBatches(_Peeked(first, iterator), source, use_text, text_encoder), text_encoder
+    batches = HostBatches(_Peeked(first, iterator), source, use_text, text_encoder, cache)
+    return batches, text_encoder
 
 
 class StepLoop:
