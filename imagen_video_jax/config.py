@@ -2,6 +2,11 @@
 
 Each config file defines ``get_config(arg: str | None) -> ConfigDict``; the text after the
 colon is handed to it unchanged, and :func:`parse_config_arg` turns it into a dict.
+
+The configs ship inside the package (imagen_video_jax/configs/). ``configs/<name>.py`` names
+the bundled config ``<name>`` unless a file of that path exists (relative to the current
+directory), so ``--config configs/imagen_video.py:stage=base`` works from any directory and
+from an installed package, and a local copy of a config can still be edited and used.
 """
 
 from __future__ import annotations
@@ -10,8 +15,12 @@ import importlib.util
 import os
 import sys
 import types
+from pathlib import Path
 
 import ml_collections
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "configs"
+SHORTHAND_DIR = "configs"  # configs/<name>.py: the bundled config <name>
 
 
 def parse_config_arg(arg: str | None, defaults: dict[str, str]) -> dict[str, str]:
@@ -44,12 +53,39 @@ def load_config(
     return config
 
 
-def load_config_module(path: str) -> types.ModuleType:
-    """Import a config file by path (config files may build on each other this way)."""
-    if not os.path.isfile(path):
+def bundled_configs() -> list[str]:
+    """Names of the configs shipped in the package (imagen_video, vdm, ...)."""
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.py") if p.stem != "__init__")
+
+
+def bundled_config_file(name: str) -> Path:
+    """The file of the bundled config ``name`` (e.g. 'imagen_video')."""
+    path = BUNDLED_DIR / f"{name}.py"
+    if name == "__init__" or not path.is_file():
         raise FileNotFoundError(
-            f"config file {path!r} not found (expected e.g. configs/imagen_video.py)"
+            f"no bundled config {name!r}; the bundled ones: {bundled_configs()}"
         )
+    return path
+
+
+def resolve_config_file(path: str | os.PathLike) -> str:
+    """``path`` when that file exists; else ``configs/<name>.py`` is the bundled config."""
+    if os.path.isfile(path):
+        return str(path)
+    parts = Path(path).parts
+    if len(parts) == 2 and parts[0] == SHORTHAND_DIR and parts[1].endswith(".py"):
+        name = parts[1][: -len(".py")]
+        if name in bundled_configs():
+            return str(bundled_config_file(name))
+    raise FileNotFoundError(
+        f"config file {str(path)!r} not found; the bundled configs are "
+        + ", ".join(f"{SHORTHAND_DIR}/{name}.py" for name in bundled_configs())
+    )
+
+
+def load_config_module(path: str | os.PathLike) -> types.ModuleType:
+    """Import a config file by path (``configs/<name>.py``: see :func:`resolve_config_file`)."""
+    path = resolve_config_file(path)
     module_name = "_imagen_video_config_" + os.path.splitext(os.path.basename(path))[0]
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)

@@ -33,7 +33,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from imagen_video_jax.config import load_config
+from imagen_video_jax.config import bundled_config_file, load_config
 from imagen_video_jax.long_video import (
     METHODS,
     LongVideoModel,
@@ -55,7 +55,7 @@ from imagen_video_jax.models import (
 from imagen_video_jax.models.tklvae import inflate_params
 
 PHASES = ("train", "bench", "eval")
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "nuwa_xl.py")
+DEFAULT_CONFIG = str(bundled_config_file("nuwa_xl"))
 
 
 class CachedText:

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imagen_video_jax.config import load_config
+from imagen_video_jax.config import bundled_config_file, load_config
 from imagen_video_jax.data import MOTIONS, digits_caption, make_eval_source, make_train_iterator
 from imagen_video_jax.eval import (
     frechet_distance_of_features,
@@ -57,7 +57,7 @@ from imagen_video_jax.models.text_cache import (
 )
 from imagen_video_jax.train import train, video_to_uint8
 
-CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "vdm.py"
+CONFIG_FILE = bundled_config_file("vdm")
 
 
 def log(message: str) -> None:

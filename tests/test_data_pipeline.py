@@ -2,13 +2,13 @@
 determinism, exact restore, and process shards."""
 
 import runpy
-from pathlib import Path
 
 import ml_collections
 import numpy as np
 import pytest
 
 from imagen_video_jax import cli
+from imagen_video_jax.config import bundled_config_file
 from imagen_video_jax.data import (
     DIRECTION_STEPS,
     make_eval_source,
@@ -18,7 +18,7 @@ from imagen_video_jax.data import (
 from imagen_video_jax.data.moving_digits import MovingDigitsSpec, render, render_image
 from imagen_video_jax.stages import cascade_stages
 
-CONFIGS = runpy.run_path(str(Path(__file__).parents[1] / "configs" / "imagen_video.py"))
+CONFIGS = runpy.run_path(str(bundled_config_file("imagen_video")))
 
 
 def stage_config(stage: str, size: str, **data) -> ml_collections.ConfigDict:
@@ -261,7 +261,7 @@ def test_eval_source_gives_the_same_held_out_clips():
 
 
 def test_prepare_with_a_stage_config_writes_what_that_stage_reads(tmp_path):
-    spec = Path(__file__).parents[1] / "configs" / "imagen_video.py"
+    spec = bundled_config_file("imagen_video")
     args = ["prepare", "moving_digits", "--config", f"{spec}:stage=ssr1,size=tiny"]
     args += ["--data-dir", str(tmp_path), "--num-train", "10", "--num-test", "10"]
     assert cli.main([*args, "--num-images", "10", "--set", "two_digit_prob=0.0"]) == 0

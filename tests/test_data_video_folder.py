@@ -4,7 +4,6 @@ bad files are skipped, named and counted; precomputed text embeddings reach the 
 import logging
 import os
 import runpy
-from pathlib import Path
 
 import imageio.v2
 import imageio.v3 as iio
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from imagen_video_jax.config import bundled_config_file
 from imagen_video_jax.data import make_train_iterator
 from imagen_video_jax.data.video_folder import VideoFolder, VideoFolderConfig
 
@@ -187,7 +187,7 @@ def test_folder_names_caption_ucf101_layout(videos, tmp_path):
 
 def _config(data_dir: str, stage: str, **data) -> ml_collections.ConfigDict:
     """A tiny stage reading the prepared folder; these clips are 5 fps, so the stage is too."""
-    module = runpy.run_path(str(Path(__file__).parents[1] / "configs" / "imagen_video.py"))
+    module = runpy.run_path(str(bundled_config_file("imagen_video")))
     config = ml_collections.ConfigDict(
         {
             "stage": module["stage_config"](stage, "tiny"),

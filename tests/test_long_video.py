@@ -9,8 +9,6 @@ batched, device-sharded call serves every depth; the block metrics match float64
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -18,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from imagen_video_jax.config import load_config
+from imagen_video_jax.config import bundled_config_file, load_config
 from imagen_video_jax.diffusion.schedules import Schedule
 from imagen_video_jax.long_video import (
     LongVideoModel,
@@ -40,7 +38,7 @@ from imagen_video_jax.long_video.generate import prompt_index
 from imagen_video_jax.models.params import example_inputs
 from imagen_video_jax.models.unet import VideoUNet
 
-CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "nuwa_xl.py"
+CONFIG_FILE = bundled_config_file("nuwa_xl")
 
 
 # ----------------------------------------------------------------------------- planning

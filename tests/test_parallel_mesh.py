@@ -1,7 +1,5 @@
 """Device mesh, logical-axis rules, shardings of boxed trees, global batches, cluster detection."""
 
-from pathlib import Path
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,8 +20,6 @@ from imagen_video_jax.parallel import (
     make_mesh,
     mesh_shape,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_mesh_shape_fills_the_minus_one_axis():
@@ -148,7 +144,7 @@ def test_the_video_unet_is_sharded_as_the_rules_say():
     from imagen_video_jax.config import load_config
     from imagen_video_jax.models import abstract_params
 
-    config = load_config(str(REPO / "configs/imagen_video.py:stage=base,size=mini"))
+    config = load_config("configs/imagen_video.py:stage=base,size=mini")
     boxed = abstract_params(config.model)
     mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
     shardings = logical_shardings(boxed, mesh, DEFAULT_RULES)

@@ -5,13 +5,13 @@ small sizes small; and count_params against a closed form for single-level U-Net
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
+from imagen_video_jax.config import bundled_config_file
 from imagen_video_jax.models import count_params
 
-CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "imagen_video.py"
+CONFIG_FILE = bundled_config_file("imagen_video")
 
 # Imagen Video (Ho et al. 2022): parameters of the seven diffusion models.
 PAPER_PARAMS = {

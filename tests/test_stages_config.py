@@ -2,7 +2,12 @@
 
 import pytest
 
-from imagen_video_jax.config import apply_override, load_config, parse_config_arg
+from imagen_video_jax.config import (
+    apply_override,
+    bundled_config_file,
+    load_config,
+    parse_config_arg,
+)
 from imagen_video_jax.stages import STAGE_ORDER, cascade_stages, stage_spec
 
 # The paper's table (Imagen Video, Fig. 6): frames, height, width, fps.
@@ -83,3 +88,20 @@ def test_project_config_every_stage_and_size():
             spec = stage_spec(name, size)
             assert (config.stage.frames, config.stage.height, config.stage.width) == spec.shape
             assert config.diffusion.prediction == "v"
+
+
+def test_configs_shorthand_means_the_bundled_file_unless_a_local_one_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the bundled file
+    config = load_config("configs/imagen_video.py:stage=tsr1,size=tiny")
+    assert config.stage.name == "tsr1"
+    assert bundled_config_file("imagen_video").parent.name == "configs"
+    local = tmp_path / "configs" / "imagen_video.py"
+    local.parent.mkdir()
+    local.write_text(
+        "import ml_collections\n\n\n"
+        "def get_config(arg):\n"
+        "    return ml_collections.ConfigDict({'local': arg})\n"
+    )
+    assert load_config("configs/imagen_video.py:x").local == "x"
+    with pytest.raises(FileNotFoundError, match="bundled configs are configs/bench_base_train"):
+        load_config("configs/missing.py")

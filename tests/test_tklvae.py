@@ -21,7 +21,6 @@ from imagen_video_jax.models.tklvae import (
     vae_loss,
 )
 
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 FRAMES, SIDE = 4, 8
 
 
@@ -44,7 +43,7 @@ def random_params(abstract, seed: int):
 
 def compiled_apply(model: TKLVAE, params, x):
     fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
-    return fn.lower(params, x).compile(compiler_options=FAST_COMPILE)
+    return fn.lower(params, x).compile()
 
 
 def clips() -> jax.Array:
@@ -62,9 +61,7 @@ def vaes():
     video, image = tiny_vae(), tiny_vae(temporal=False)
     x = clips()
     init = jax.jit(lambda key: video.init(key, x)["params"])
-    fresh = nn.meta.unbox(
-        init.lower(jax.random.key(0)).compile(compiler_options=FAST_COMPILE)(jax.random.key(0))
-    )
+    fresh = nn.meta.unbox(init(jax.random.key(0)))
     image_params = random_params(
         jax.eval_shape(lambda: image.init(jax.random.key(0), x[:, :1]))["params"], seed=1
     )

@@ -15,14 +15,13 @@ import pytest
 from test_train_support import compilation_cache
 
 from imagen_video_jax.cli import main as cli_main
-from imagen_video_jax.config import load_config
+from imagen_video_jax.config import bundled_config_file, load_config
 from imagen_video_jax.train import Checkpointer, train
 from imagen_video_jax.train.cli import config_flags_as_overrides
 
 pytestmark = pytest.mark.usefixtures(compilation_cache.__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs/imagen_video.py")
+CONFIG = str(bundled_config_file("imagen_video"))
 
 
 def _logged(stage_dir: Path) -> list[dict]:

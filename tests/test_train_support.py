@@ -5,7 +5,6 @@ checkpointable state, and configs built from configs/imagen_video.py."""
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
-REPO = Path(__file__).resolve().parents[1]
+from imagen_video_jax.config import bundled_config_file
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def compilation_cache(tmp_path_factory):
 
 def _config_module():
     spec = importlib.util.spec_from_file_location(
-        "_test_iv_config", REPO / "configs/imagen_video.py"
+        "_test_iv_config", bundled_config_file("imagen_video")
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -9,24 +9,20 @@ hide any mixing). Equality tests compute in float32 so bfloat16 rounding cannot 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imagen_video_jax.config import load_config
+from imagen_video_jax.config import bundled_config_file, load_config
 from imagen_video_jax.models import VideoUNet, abstract_params, example_inputs
 from imagen_video_jax.models.attention import TemporalAttention
 from imagen_video_jax.models.layers import TemporalConv
 from imagen_video_jax.models.unet import save_matmul_outputs, upsample_condition
 
-CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "imagen_video.py"
+CONFIG_FILE = bundled_config_file("imagen_video")
 
-# XLA:CPU optimisation level 0 compiles about 3x faster; these tests check values, not speed.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 UNCHANGED, CHANGED = 1e-6, 1e-4
 
 
@@ -52,7 +48,7 @@ def random_tree(abstract, seed: int):
 def compile_apply(model: VideoUNet, params, inputs):
     """``model.apply`` jitted and compiled for these argument shapes."""
     fn = jax.jit(lambda p, x: model.apply({"params": p}, **x))
-    return fn.lower(params, inputs).compile(compiler_options=FAST_COMPILE)
+    return fn.lower(params, inputs).compile()
 
 
 def stage_inputs(config, *, batch: int, frames: int, seed: int = 0, frame_mask=None):
@@ -223,7 +219,7 @@ def _silu(x):
 def _run_module(module, x, video):
     params = random_tree(jax.eval_shape(module.init, jax.random.key(0), x, video)["params"], 3)
     fn = jax.jit(lambda p, x, v: module.apply({"params": p}, x, v))
-    out = fn.lower(params, x, video).compile(compiler_options=FAST_COMPILE)(params, x, video)
+    out = fn(params, x, video)
     return np.asarray(out, np.float64), jax.tree.map(lambda a: np.asarray(a, np.float64), params)
 
 
@@ -304,8 +300,7 @@ def test_guidance_and_mask_condition_start_as_no_ops():
     )
     plain_inputs = {k: v for k, v in inputs.items() if k not in ("guidance", "known", "known_mask")}
     init = jax.jit(lambda key: student.init(key, **inputs)["params"])
-    initial = init.lower(jax.random.key(0)).compile(compiler_options=FAST_COMPILE)
-    initial = nn.unbox(initial(jax.random.key(0)))
+    initial = nn.unbox(init(jax.random.key(0)))
 
     def is_new(name):
         return name == "guidance_embedding" or name.endswith("mask_condition")
@@ -318,7 +313,7 @@ def test_guidance_and_mask_condition_start_as_no_ops():
         out = student.apply({"params": {**shared, **new}}, **inputs)
         return out, plain.apply({"params": shared}, **plain_inputs)
 
-    both = jax.jit(both).lower(new, inputs).compile(compiler_options=FAST_COMPILE)
+    both = jax.jit(both)
     student_out, plain_out = both(new, inputs)
     # Different programs round differently (~1e-6 relative in float32); a non-neutral init
     # would differ by O(0.1), as the randomised new layers below do.

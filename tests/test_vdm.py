@@ -9,23 +9,20 @@ VideoUNet through WindowSampler and extension end to end.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imagen_video_jax.config import load_config
+from imagen_video_jax.config import bundled_config_file, load_config
 from imagen_video_jax.diffusion import alpha_sigma, known_lowres
 from imagen_video_jax.long_video import vdm
 from imagen_video_jax.models import VideoUNet, example_inputs
 
-CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "vdm.py"
+CONFIG_FILE = bundled_config_file("vdm")
 SHAPE = (2, 4, 4, 4, 3)  # [B, T, H, W, C]
 KNOWN = np.array([True, True, False, False])
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def mixing_matrix(frames: int, seed: int = 0) -> np.ndarray:
@@ -53,9 +50,8 @@ def uniform(shape, seed):
 
 
 def compiled(fn, *args):
-    """``fn(*args)`` jitted and compiled at XLA:CPU optimisation level 0 (about 3x faster to
-    compile; these tests check values, not speed). Each test compiles one such function."""
-    return jax.jit(fn).lower(*args).compile(compiler_options=FAST_COMPILE)(*args)
+    """``fn(*args)`` as one jitted program (each test compiles one such function)."""
+    return jax.jit(fn)(*args)
 
 
 # ----------------------------------------------------------------------------- guidance math

@@ -42,8 +42,10 @@ _MAX_SEED = 2**32
 
 
 def default_config_file() -> Path:
-    """configs/imagen_video.py of this source tree."""
-    return Path(__file__).resolve().parents[2] / "configs" / "imagen_video.py"
+    """The bundled configs/imagen_video.py."""
+    from imagen_video_jax.config import bundled_config_file
+
+    return bundled_config_file("imagen_video")
 
 
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:
@@ -219,14 +221,9 @@ class Cascade:
         """The stages of ``configs/imagen_video.py:size=<size>`` (up to ``stop_after``) with
         random weights, for tests and benchmarks. ``overrides`` ('model.dtype=float32', ...)
         apply to every stage."""
-        from imagen_video_jax.config import load_config
+        from imagen_video_jax.config import load_config, resolve_config_file
 
-        config_file = Path(config_file) if config_file else default_config_file()
-        if not config_file.is_file():
-            raise FileNotFoundError(
-                f"config file {config_file} not found: pass config_file= (the cascade's config "
-                "lives in configs/imagen_video.py of the source tree)"
-            )
+        config_file = resolve_config_file(config_file) if config_file else default_config_file()
         if stop_after is not None and stop_after not in STAGE_ORDER:
             raise ValueError(f"unknown stage {stop_after!r}; expected one of {list(STAGE_ORDER)}")
         names = STAGE_ORDER[: STAGE_ORDER.index(stop_after) + 1] if stop_after else STAGE_ORDER

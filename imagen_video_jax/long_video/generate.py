@@ -37,6 +37,10 @@ from imagen_video_jax.train.objective import diffusion_schedule, video_to_uint8
 
 SampleFn = Callable[..., np.ndarray]
 METHODS = ("diffusion_over_diffusion", "autoregressive")
+CONFIG_FILE = "config.json"
+PARAMS_FILE = "params.msgpack"
+# Where launch/nuwa_xl_long_video.py keeps the trained model inside its workdir.
+WORKDIR_MODEL = "model"
 
 
 def call_keys(seed: int, round_index: int, calls: int) -> np.ndarray:
@@ -196,29 +200,38 @@ class LongVideoModel:
         """Write config.json and params.msgpack (MTD, VAE, latent scale) into ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(self.config.to_json_best_effort(indent=2))
+        (path / CONFIG_FILE).write_text(self.config.to_json_best_effort(indent=2))
         payload = {
             "mtd": self.mtd_params,
             "vae": {} if self.vae_params is None else self.vae_params,
             "latent_scale": np.float32(self.latent_scale),
         }
-        (path / "params.msgpack").write_bytes(flax.serialization.msgpack_serialize(payload))
+        (path / PARAMS_FILE).write_bytes(flax.serialization.msgpack_serialize(payload))
 
     @classmethod
     def load(cls, path: str | Path) -> LongVideoModel:
-        """A model saved by :meth:`save`."""
-        path = Path(path)
-        files = [path / "config.json", path / "params.msgpack"]
-        for file in files:
-            if not file.is_file():
-                raise FileNotFoundError(
-                    f"{file} not found: a long-video model folder holds config.json and "
-                    "params.msgpack (written by LongVideoModel.save)"
-                )
-        config = ml_collections.ConfigDict(json.loads(files[0].read_text()))
-        payload = flax.serialization.msgpack_restore(files[1].read_bytes())
+        """A model saved by :meth:`save` in ``path``, or in ``path/model`` (the workdir of
+        launch/nuwa_xl_long_video.py)."""
+        found = find_model_dir(path)
+        if found is None:
+            raise FileNotFoundError(
+                f"no long-video model in {path}: expected {CONFIG_FILE} and {PARAMS_FILE} "
+                f"(written by LongVideoModel.save) in it or in {Path(path) / WORKDIR_MODEL}"
+            )
+        config = ml_collections.ConfigDict(json.loads((found / CONFIG_FILE).read_text()))
+        payload = flax.serialization.msgpack_restore((found / PARAMS_FILE).read_bytes())
         vae = payload["vae"] or None
         return cls(config, payload["mtd"], vae, float(payload["latent_scale"]))
+
+
+def find_model_dir(path: str | Path) -> Path | None:
+    """The folder holding a saved LongVideoModel: ``path`` itself or ``path/model``; None if
+    neither does."""
+    path = Path(path).expanduser()
+    for folder in (path, path / WORKDIR_MODEL):
+        if all((folder / name).is_file() for name in (CONFIG_FILE, PARAMS_FILE)):
+            return folder
+    return None
 
 
 def encode_prompts(

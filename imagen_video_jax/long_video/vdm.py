@@ -426,7 +426,7 @@ def extend_video(
     frames and adds the rest (the last window's surplus frames are dropped). ``start``
     [B, >= context_frames, ...] is the video to extend; None samples a first window
     unconditionally. Window i uses ``fold_in(key, i)``; ``progress(frames, num_frames)`` is
-    called after each window."""
+    called once each window is made."""
     if start is None:
         video = sample_window(jax.random.fold_in(key, 0), None, None)
         if video.shape[1] != window_frames:
@@ -444,7 +444,7 @@ def extend_video(
         window = sample_window(jax.random.fold_in(key, i), known, known_frames)
         video = jnp.concatenate([video, window[:, context_frames:]], axis=1)
         if progress is not None:
-            progress(min(video.shape[1], num_frames), num_frames)
+            progress(min(video.block_until_ready().shape[1], num_frames), num_frames)
     return video[:, :num_frames]
 
 
@@ -476,6 +476,12 @@ def sampling_from_config(config: Mapping[str, Any], **overrides: Any) -> VDMSamp
     return VDMSampling(**values)
 
 
+def default_context_frames(config: Mapping[str, Any]) -> int:
+    """Known frames per extension window of a stage config: ``config.sample.context_frames``,
+    or half the window."""
+    return int(config["sample"].get("context_frames", int(config["stage"]["frames"]) // 2))
+
+
 def extend_stage_video(
     config: Mapping[str, Any],
     params: Any,
@@ -502,11 +508,10 @@ def extend_stage_video(
     """
     sampler = WindowSampler.shared(config, **options)
     window_frames = sampler.window[0]
-    sample = config["sample"]
     if context_frames is None:
-        context_frames = int(sample.get("context_frames", window_frames // 2))
+        context_frames = default_context_frames(config)
     if guidance_weight is None:
-        guidance_weight = float(sample.get("guidance_weight", 0.0))
+        guidance_weight = float(config["sample"].get("guidance_weight", 0.0))
     if batch is None and text is None:
         batch = 1
     window_fn = sampler.bind(
@@ -518,7 +523,14 @@ def extend_stage_video(
         num_frames=num_frames,
         window_frames=window_frames,
         context_frames=context_frames,
-        start=None if start is None else video_to_float(jnp.asarray(start)),
+        start=None if start is None else placed_like(params, video_to_float(jnp.asarray(start))),
         progress=progress,
     )
     return np.asarray(video_to_uint8(video))
+
+
+def placed_like(params: Any, video: Array) -> Array:
+    """``video`` on the devices of ``params``, as the windows sampled from them are: a window
+    sampler called with known frames placed otherwise would compile a second time."""
+    sharding = getattr(jax.tree_util.tree_leaves(params)[0], "sharding", None)
+    return video if sharding is None else jax.device_put(video, sharding)

@@ -13,14 +13,12 @@ The MTD model is a VideoUNet built like the cascade's (configs/imagen_video.py) 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import ml_collections
 
-from imagen_video_jax.config import load_config_module, parse_config_arg
+from imagen_video_jax.config import parse_config_arg
+from imagen_video_jax.configs import imagen_video
 
 DEFAULTS = {"size": "small", "space": "latent"}
-_IMAGEN_VIDEO = load_config_module(str(Path(__file__).resolve().parent / "imagen_video.py"))
 
 # (frames per call L, depth m, frame height/width, decode/VAE clip length) per size
 _SHAPES = {"small": (16, 3, 32, 16), "tiny": (5, 2, 16, 4)}
@@ -79,7 +77,7 @@ def vae_train_config(size: str) -> ml_collections.ConfigDict:
 
 
 def model_config(size: str, space: str) -> ml_collections.ConfigDict:
-    """The MTD VideoUNet (fields documented in configs/imagen_video.py's _unet_config)."""
+    """The MTD VideoUNet (fields documented in configs/imagen_video.py's unet_config)."""
     small = size == "small"
     shape = (
         (64, (1, 2, 2), (2, 2, 2), (False, True, True))
@@ -91,7 +89,7 @@ def model_config(size: str, space: str) -> ml_collections.ConfigDict:
         if small
         else {"head_dim": 4, "norm_groups": 4, "remat": "none", "temporal_max_distance": 8}
     )
-    config = _IMAGEN_VIDEO._unet_config(
+    config = imagen_video.unet_config(
         shape,
         temporal="attention",
         fully_convolutional=False,
@@ -109,7 +107,7 @@ def model_config(size: str, space: str) -> ml_collections.ConfigDict:
 
 def text_encoder_config() -> ml_collections.ConfigDict:
     """MiniLM (shipped offline), as the cascade's small sizes."""
-    return _IMAGEN_VIDEO.text_encoder_config("mini")
+    return imagen_video.text_encoder_config("mini")
 
 
 def diffusion_config() -> ml_collections.ConfigDict:

@@ -6,12 +6,11 @@ The base stage of the mini cascade with the benchmark's U-Net (width 128, multip
 
 from __future__ import annotations
 
-import os
-
 import jax
 import ml_collections
 
-from imagen_video_jax.config import load_config_module, parse_config_arg
+from imagen_video_jax.config import parse_config_arg
+from imagen_video_jax.configs import imagen_video
 
 DEFAULTS = {
     "batch": "8",  # clips per device
@@ -22,9 +21,8 @@ DEFAULTS = {
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_config_arg(arg, DEFAULTS)
-    cascade = load_config_module(os.path.join(os.path.dirname(__file__), "imagen_video.py"))
-    config = cascade.get_config("stage=base,size=mini")
-    config.model = cascade.bench_base_train_model_config()
+    config = imagen_video.get_config("stage=base,size=mini")
+    config.model = imagen_video.bench_base_train_model_config()
     config.model.remat = args["remat"]
     config.stage.frames, config.stage.height, config.stage.width = 16, 64, 64
     config.text_encoder.max_length = 64  # precomputed text tokens of width 768

@@ -23,11 +23,10 @@ its 'mini' settings), with the changes set and documented below.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import ml_collections
 
-from imagen_video_jax.config import load_config_module, parse_config_arg
+from imagen_video_jax.config import parse_config_arg
+from imagen_video_jax.configs import imagen_video
 
 DEFAULTS = {"images": "4", "cond": "text", "size": "small", "motion": "straight", "res": "32"}
 CONDITIONS = ("none", "class", "text")
@@ -155,7 +154,6 @@ def update_train(train: ml_collections.ConfigDict, size: str) -> None:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_args(arg)
-    imagen_video = load_config_module(str(Path(__file__).resolve().parent / "imagen_video.py"))
     config = imagen_video.get_config(f"stage=base,size={SIZES[args['size']]}")
     config.vdm = ml_collections.ConfigDict(
         {

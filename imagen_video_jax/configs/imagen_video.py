@@ -78,7 +78,7 @@ _SIZE_SETTINGS = {
 }
 
 
-def _unet_config(
+def unet_config(
     shape: tuple,
     *,
     temporal: str,
@@ -87,7 +87,10 @@ def _unet_config(
     conditional: bool,
     settings: dict,
 ) -> ml_collections.ConfigDict:
-    """A VideoUNet config from a U-Net shape and the stage's role (every field documented)."""
+    """A VideoUNet config from a U-Net shape ``(channels, channel_mult, num_res_blocks,
+    attention per level)`` and the model's role, every field documented; the NUWA-XL and
+    benchmark configs build their U-Nets with it too. ``settings``: head_dim, norm_groups,
+    remat, temporal_max_distance."""
     channels, channel_mult, num_res_blocks, attention = shape
     attention = tuple(a and not fully_convolutional for a in attention)
     return ml_collections.ConfigDict(
@@ -129,7 +132,7 @@ def model_config(name: str, size: str) -> ml_collections.ConfigDict:
     """
     spec = cascade_stages(size)[name]
     shape = _TINY_SHAPE if size == "tiny" else _UNET_SHAPES[size][name]
-    return _unet_config(
+    return unet_config(
         shape,
         temporal="attention" if spec.role == "base" else "conv",
         fully_convolutional=spec.fully_convolutional,
@@ -143,7 +146,7 @@ def bench_base_train_model_config() -> ml_collections.ConfigDict:
     """The bench-base-train U-Net of BENCHMARKS.md: width 128, mults (1, 2, 4, 8), 2 blocks a
     level, spatial attention and cross-attention (64 tokens of width 768) at the two lowest
     levels, temporal attention everywhere, bfloat16; about 250M parameters."""
-    return _unet_config(
+    return unet_config(
         (128, (1, 2, 4, 8), (2, 2, 2, 2), (False, False, True, True)),
         temporal="attention",
         fully_convolutional=False,
@@ -185,6 +188,13 @@ def sample_config(name: str, size: str) -> ml_collections.ConfigDict:
             # at or below 80x48 (the paper's rule); higher stages use constant w.
             "oscillating": spec.height * spec.width <= 48 * 80,
             "dynamic_threshold": 0.995,  # percentile for dynamic thresholding; 0 disables
+            # Exact frame chunking of the model for stages too large for one device (see
+            # imagen_video_jax/cascade/chunked.py); 0 turns each off. frame_chunk: model
+            # windows of this many output frames plus the temporal receptive field (temporal
+            # convolution only). layer_chunk: frames per chunk of every layer, on by default
+            # above 2^26 output values per channel (the paper's 128 x 768 x 1280 stage).
+            "frame_chunk": 0,
+            "layer_chunk": 16 if spec.frames * spec.height * spec.width > 2**26 else 0,
         }
     )
 
@@ -267,6 +277,29 @@ def train_config(name: str, size: str) -> ml_collections.ConfigDict:
     )
 
 
+def distill_config(name: str, size: str) -> ml_collections.ConfigDict:
+    """Guided and progressive distillation of this stage (``imagen-video distill``, see
+    imagen_video_jax.train.distill): round 0 teaches the student (the teacher plus a
+    guidance-weight input) the teacher's classifier-free-guided prediction; every later round
+    halves its sampling steps, from ``start_steps`` down to ``final_steps``."""
+    steps = {"tiny": 20, "mini": 2000, "paper": 50_000}[size]
+    return ml_collections.ConfigDict(
+        {
+            # Round 0 draws w ~ U[w_min, w_max] per example (later rounds too: the student
+            # keeps every w); the range holds the stage's sampling weight.
+            "guidance_range": (0.0, sample_config(name, size).guidance_weight),
+            "guided_steps": steps,  # optimizer steps of round 0 (guided distillation)
+            "steps_per_round": steps,  # optimizer steps of each halving round
+            "start_steps": 0,  # the teacher's sampling steps; 0 = sample.num_steps
+            "final_steps": 8,  # the student's steps after the last round (start / 2^k)
+            "learning_rate": 1e-3 if size == "tiny" else 5e-5,  # peak AdamW rate of each round
+            "lr_schedule": "cosine",  # per round, after warm-up: cosine | constant
+            "warmup_steps": {"tiny": 2, "mini": 100, "paper": 1000}[size],  # per round
+            "ema_decay": {"tiny": 0.9, "mini": 0.999, "paper": 0.9999}[size],  # student EMA
+        }
+    )
+
+
 def mesh_config(size: str) -> ml_collections.ConfigDict:
     """Device mesh and logical-axis rules (see imagen_video_jax.parallel)."""
     from imagen_video_jax.parallel.mesh import DEFAULT_RULES
@@ -295,5 +328,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sample = sample_config(name, size)
     config.data = data_config(name, size)
     config.train = train_config(name, size)
+    config.distill = distill_config(name, size)
     config.mesh = mesh_config(size)
     return config
