@@ -1,43 +1,55 @@
-"""``imagen-video bench NAME``: the benchmarks of BENCHMARKS.md (run them on an accelerator).
+"""``imagen-video bench NAME [options]``: the benchmarks of BENCHMARKS.md (run them on an
+accelerator).
 
-Each prints one JSON line per measurement and a table last.
+Each benchmark lives in its own module, imported only when it runs, which exposes
+``add_arguments(parser)`` and ``main(args) -> int``; each prints one JSON line per measurement
+and a table last. ``imagen-video bench NAME --help`` lists a benchmark's options.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 
-BENCHMARKS = ("base-train",)
+# name -> (module implementing it, one-line help)
+BENCHMARKS = {
+    "base-train": (
+        "imagen_video_jax.bench.base_train",
+        "training throughput of the base-stage Video U-Net",
+    ),
+    "sample": (
+        "imagen_video_jax.bench.sample",
+        "mini-cascade sampling time, undistilled vs distilled, against each step's compute floor",
+    ),
+    "scale": (
+        "imagen_video_jax.bench.scale",
+        "bench-base-train on 1 and N devices, data parallel and FSDP",
+    ),
+    "paper-memory": (
+        "imagen_video_jax.bench.paper_memory",
+        "parameters and one train step's peak memory of each paper-scale stage",
+    ),
+    "paper-sample": (
+        "imagen_video_jax.bench.paper_sample",
+        "the paper-scale cascade (T5-XXL and seven distilled stages) sampled on one GPU",
+    ),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", choices=BENCHMARKS, help="which benchmark to run")
-    parser.add_argument("--batch", type=int, default=8, help="clips per device")
-    parser.add_argument("--remat", default="none", choices=("none", "block", "dots"))
-    parser.add_argument("--mesh", default="data", choices=("data", "fsdp"))
+    parser.add_argument("name", choices=list(BENCHMARKS), help="which benchmark to run")
     parser.add_argument(
-        "--fit",
-        default="16,32,64",
-        help="comma-separated batches per device to try for the largest batch that fits",
-    )
-    parser.add_argument("--iters", type=int, default=20, help="timed steps after warm-up")
-    parser.add_argument(
-        "--profile", default=None, help="write a jax.profiler trace of 3 steps here"
+        "options",
+        nargs=argparse.REMAINDER,
+        help="the benchmark's own options (imagen-video bench NAME --help lists them)",
     )
 
 
 def main(args: argparse.Namespace) -> int:
-    from imagen_video_jax.bench import base_train, measure
-
-    fit = tuple(int(b) for b in args.fit.split(",") if b)
-    records = base_train.run(
-        args.batch,
-        fit_batches=fit,
-        iters=args.iters,
-        remat=args.remat,
-        fsdp=args.mesh == "fsdp",
-        profile_dir=args.profile,
+    module_name, description = BENCHMARKS[args.name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"imagen-video bench {args.name}", description=description
     )
-    columns = ("bench", "batch", "batch_per_device", "step_ms", "clips_per_s", "tflops", "mfu")
-    measure.print_table(records, columns + ("compiled_gib", "peak_gib", "fits"))
-    return 0
+    module.add_arguments(parser)
+    return int(module.main(parser.parse_args(args.options)) or 0)

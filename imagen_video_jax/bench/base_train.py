@@ -9,6 +9,7 @@ the largest batch that fits.
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 from typing import Any
 
@@ -18,14 +19,9 @@ import numpy as np
 
 from imagen_video_jax.bench import measure
 from imagen_video_jax.config import load_config
-from imagen_video_jax.models import VideoUNet, count_params
-from imagen_video_jax.parallel import axis_rules, make_global_batch, make_mesh, mesh_context
-from imagen_video_jax.train.loop import example_inputs
-from imagen_video_jax.train.optimizer import make_optimizer
-from imagen_video_jax.train.state import sharded_state_init
-from imagen_video_jax.train.step import jit_train_step, make_train_step
+from imagen_video_jax.models import count_params
+from imagen_video_jax.parallel import make_global_batch, make_mesh, mesh_context
 
-FRAMES, SIDE, TEXT_TOKENS, TEXT_DIM = 16, 64, 64, 768
 CONFIG = "configs/bench_base_train.py"
 
 
@@ -37,68 +33,54 @@ def bench_config(
     return load_config(f"{CONFIG}:batch={batch_per_device},remat={remat},mesh={mesh}")
 
 
-def synthetic_batch(batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A host batch of the benchmark's shapes (content does not change the cost)."""
-    rng = np.random.default_rng(seed)
-    return {
-        "video": rng.integers(0, 256, (batch_size, FRAMES, SIDE, SIDE, 3), dtype=np.uint8),
-        "text": rng.standard_normal((batch_size, TEXT_TOKENS, TEXT_DIM), dtype=np.float32),
-        "text_mask": np.ones((batch_size, TEXT_TOKENS), bool),
-    }
-
-
 class TrainBench:
-    """One compiled train step of the benchmark at one batch size, ready to time."""
+    """One compiled train step of a config at its batch size, ready to time.
 
-    def __init__(self, config: ml_collections.ConfigDict, devices: list | None = None):
+    ``devices``: the mesh's devices (default: all); ``host_batch``: the batch to step on
+    (default: random content of the config's shapes).
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        devices: list | None = None,
+        host_batch: dict[str, np.ndarray] | None = None,
+    ):
         self.config = config
-        self.mesh = make_mesh(config.mesh, devices)
-        self.rules = axis_rules(config.mesh)
-        model = VideoUNet.from_config(config.model)
-        tx = make_optimizer(config.train)
-        inputs = example_inputs(config)
-        init, shardings, self.abstract = sharded_state_init(
-            lambda key: model.init(key, **inputs)["params"], tx, self.mesh, self.rules
-        )
-        self.step_fn = make_train_step(model.apply, tx, config, self.rules)
-        self.jitted = jit_train_step(self.step_fn, shardings, None, self.mesh, self.rules)
+        self.train_step = measure.TrainStep.build(config, make_mesh(config.mesh, devices))
+        self.mesh, self.rules = self.train_step.mesh, self.train_step.rules
+        if host_batch is None:
+            host_batch = measure.synthetic_train_batch(config, config.data.batch_size)
         with mesh_context(self.mesh, self.rules):
-            self.state = init(jax.random.PRNGKey(0))
-            self.batch = make_global_batch(
-                synthetic_batch(config.data.batch_size), self.mesh, self.rules
-            )
+            self.state = self.train_step.init(jax.random.PRNGKey(0))
+            self.batch = make_global_batch(host_batch, self.mesh, self.rules)
 
     def step(self) -> Any:
         with mesh_context(self.mesh, self.rules):
-            self.state, metrics = self.jitted(self.state, self.batch, None)
+            self.state, metrics = self.train_step.jitted(self.state, self.batch, None)
         return metrics
 
     def memory_gib(self) -> float:
         """Arguments + temporaries of the compiled step per device, from XLA's memory analysis."""
         with mesh_context(self.mesh, self.rules):
-            compiled = self.jitted.lower(self.state, self.batch, None).compile()
-        stats = compiled.memory_analysis()
-        total = stats.argument_size_in_bytes + stats.temp_size_in_bytes
-        return (total + stats.output_size_in_bytes - stats.alias_size_in_bytes) / 2**30
+            compiled = self.train_step.jitted.lower(self.state, self.batch, None).compile()
+        return measure.compiled_memory_bytes(compiled)["total_bytes"] / 2**30
 
 
 def step_flops(config: ml_collections.ConfigDict) -> float:
     """Model FLOPs of one train step (per global batch) from the CPU compile's cost analysis."""
     cpu_config = config.copy_and_resolve_references()
     cpu = [jax.devices("cpu")[0]]
-    mesh = make_mesh(_single_device_mesh(cpu_config.mesh), cpu)
-    rules = axis_rules(cpu_config.mesh)
-    model = VideoUNet.from_config(cpu_config.model)
-    tx = make_optimizer(cpu_config.train)
-    inputs = example_inputs(cpu_config)
-    _, _, abstract = sharded_state_init(
-        lambda key: model.init(key, **inputs)["params"], tx, mesh, rules
+    train_step = measure.TrainStep.build(
+        cpu_config, make_mesh(_single_device_mesh(cpu_config.mesh), cpu)
     )
-    step = make_train_step(model.apply, tx, cpu_config, rules)
-    host = synthetic_batch(cpu_config.data.batch_size)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host.items()}
-    with mesh_context(mesh, rules):
-        return measure.cpu_compiled_flops(lambda s, b: step(s, b, None), abstract, batch)
+    host = measure.synthetic_train_batch(cpu_config, cpu_config.data.batch_size)
+    with mesh_context(train_step.mesh, train_step.rules):
+        return measure.cpu_compiled_flops(
+            lambda s, b: train_step.step_fn(s, b, None),
+            train_step.abstract,
+            measure.abstract_batch(host),
+        )
 
 
 def _single_device_mesh(mesh_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -169,3 +151,33 @@ def _fit_record(batch: int, remat: str, fsdp: bool, info: dict) -> dict[str, Any
     except Exception as err:  # out of memory shows up as an XLA runtime error
         record.update(fits=False, error=str(err).splitlines()[0][:200])
     return record
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=int, default=8, help="clips per device")
+    parser.add_argument("--remat", default="none", choices=("none", "block", "dots"))
+    parser.add_argument("--mesh", default="data", choices=("data", "fsdp"))
+    parser.add_argument(
+        "--fit",
+        default="16,32,64",
+        help="comma-separated batches per device to try for the largest batch that fits",
+    )
+    parser.add_argument("--iters", type=int, default=20, help="timed steps after warm-up")
+    parser.add_argument(
+        "--profile", default=None, help="write a jax.profiler trace of 3 steps here"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    fit = tuple(int(b) for b in args.fit.split(",") if b)
+    records = run(
+        args.batch,
+        fit_batches=fit,
+        iters=args.iters,
+        remat=args.remat,
+        fsdp=args.mesh == "fsdp",
+        profile_dir=args.profile,
+    )
+    columns = ("bench", "batch", "batch_per_device", "step_ms", "clips_per_s", "tflops", "mfu")
+    measure.print_table(records, columns + ("compiled_gib", "peak_gib", "fits"))
+    return 0

@@ -1,4 +1,5 @@
-"""Measuring on an accelerator: wall time of compiled calls, matmul peak, model FLOPs, memory.
+"""Measuring on an accelerator: wall time of compiled calls, matmul peak, model FLOPs, memory,
+and the sharded train step and synthetic batches the training benchmarks share.
 
 Every benchmark prints one JSON line per measurement (:func:`emit`) and a table at the end
 (:func:`print_table`).
@@ -6,15 +7,28 @@ Every benchmark prints one JSON line per measurement (:func:`emit`) and a table 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import statistics
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from imagen_video_jax.models import VideoUNet
+from imagen_video_jax.parallel import axis_rules, batch_sharding, mesh_context
+from imagen_video_jax.parallel.mesh import Rules
+from imagen_video_jax.train.loop import example_inputs
+from imagen_video_jax.train.optimizer import make_optimizer
+from imagen_video_jax.train.state import sharded_state_init
+from imagen_video_jax.train.step import StepFn, jit_train_step, make_train_step
 
 
 def block(tree: Any) -> Any:
@@ -32,6 +46,30 @@ def median_step_seconds(step: Callable[[], Any], *, warmup: int = 3, iters: int 
         block(step())
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class CompileCounter:
+    """Names of the programs XLA compiles in this thread while the counter is active (from
+    ``jax.monitoring`` events; compiles in other threads are not counted)."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self._thread = threading.get_ident()
+
+    def _listen(self, event: str, duration: float, **kwargs: Any) -> None:
+        if event == BACKEND_COMPILE_EVENT and threading.get_ident() == self._thread:
+            self.names.append(str(kwargs.get("fun_name", "?")))
+
+    def __enter__(self) -> CompileCounter:
+        self._thread = threading.get_ident()
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
 def matmul_peak_tflops(n: int = 8192, dtype: jnp.dtype = jnp.bfloat16, iters: int = 20) -> float:
@@ -60,12 +98,131 @@ def cpu_compiled_flops(fn: Callable, *abstract_args: Any) -> float:
     return float(analysis["flops"])
 
 
+def floor_seconds(flops: float, peak_tflops: float) -> float:
+    """The compute floor of ``flops``: the time they take at the measured matmul peak."""
+    return flops / (peak_tflops * 1e12)
+
+
 def peak_memory_gib(device: jax.Device | None = None) -> float | None:
     """Peak bytes in use on ``device`` since start, in GiB (None where the backend has no stats)."""
     stats = (device or jax.devices()[0]).memory_stats()
     if not stats:
         return None
     return stats.get("peak_bytes_in_use", stats.get("bytes_in_use", 0)) / 2**30
+
+
+def max_peak_memory_gib() -> float | None:
+    """The largest :func:`peak_memory_gib` over this process's devices."""
+    peaks = [peak_memory_gib(device) for device in jax.local_devices()]
+    return max((p for p in peaks if p is not None), default=None)
+
+
+def bytes_per_device(tree: Any) -> int:
+    """Bytes the arrays of ``tree`` (arrays or ShapeDtypeStructs with shardings) hold on each
+    device: the shard shape of every leaf under its sharding (the largest shard where uneven)."""
+
+    def shard_bytes(leaf: Any) -> int:
+        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding else leaf.shape
+        return math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
+
+    return sum(shard_bytes(leaf) for leaf in jax.tree.leaves(tree))
+
+
+# ----------------------------------------------------------------------------- train steps
+
+
+def example_shape(config: Mapping) -> tuple[int, int, int]:
+    """(frames, height, width) of one training example: the stage's output, or the crop that
+    config.data sets (fully convolutional stages may train on crops)."""
+    stage, data = config["stage"], config["data"]
+    return (
+        int(stage["frames"]),
+        int(data.get("crop_height", 0) or stage["height"]),
+        int(data.get("crop_width", 0) or stage["width"]),
+    )
+
+
+def synthetic_train_batch(config: Mapping, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A host batch of random content with the shapes ``config``'s train step takes: uint8
+    video, the low-res conditioning video of a super-resolution stage, and text embeddings of
+    the encoder's length and width (content does not change the cost)."""
+    rng = np.random.default_rng(seed)
+    frames, height, width = example_shape(config)
+    stage, model = config["stage"], config["model"]
+    batch = {"video": rng.integers(0, 256, (batch_size, frames, height, width, 3), np.uint8)}
+    if model.get("cond_channels", 0):
+        tf, sf = int(stage.get("temporal_factor", 1)), int(stage.get("spatial_factor", 1))
+        shape = (batch_size, frames // tf, height // sf, width // sf, model["cond_channels"])
+        batch["cond"] = rng.integers(0, 256, shape, np.uint8)
+    if model.get("use_text", True):
+        length = int(config["text_encoder"]["max_length"])
+        text_shape = (batch_size, length, int(model["text_dim"]))
+        batch["text"] = rng.standard_normal(text_shape, dtype=np.float32)
+        batch["text_mask"] = np.ones((batch_size, length), bool)
+    return batch
+
+
+def abstract_batch(host_batch: Mapping[str, np.ndarray], sharding: Any = None) -> dict:
+    """ShapeDtypeStructs of a host batch (with ``sharding``), for compiling without data."""
+    return {
+        key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding)
+        for key, value in host_batch.items()
+    }
+
+
+@dataclasses.dataclass
+class TrainStep:
+    """The project's sharded train step of a config over a mesh, not yet run or allocated.
+
+    ``step_fn(state, batch, encoder_params)`` is the raw step, ``jitted`` the compiled one
+    (state donated), ``init(key)`` makes the state in its shardings, ``abstract`` describes it.
+    """
+
+    mesh: Mesh
+    rules: Rules
+    init: Callable[[jax.Array], Any]
+    abstract: Any
+    step_fn: StepFn
+    jitted: StepFn
+
+    @classmethod
+    def build(cls, config: Any, mesh: Mesh) -> TrainStep:
+        rules = axis_rules(config.mesh)
+        model = VideoUNet.from_config(config.model)
+        tx = make_optimizer(config.train)
+        inputs = example_inputs(config)
+        init, shardings, abstract = sharded_state_init(
+            lambda key: model.init(key, **inputs)["params"], tx, mesh, rules
+        )
+        step_fn = make_train_step(model.apply, tx, config, rules)
+        jitted = jit_train_step(step_fn, shardings, None, mesh, rules)
+        return cls(mesh, rules, init, abstract, step_fn, jitted)
+
+    @property
+    def batch_sharding(self) -> Any:
+        return batch_sharding(self.mesh, self.rules)
+
+    def compile_abstract(self, host_batch: Mapping[str, np.ndarray]) -> Any:
+        """The step compiled for this mesh from shapes alone (nothing allocated or run)."""
+        with mesh_context(self.mesh, self.rules):
+            batch = abstract_batch(host_batch, self.batch_sharding)
+            return self.jitted.lower(self.abstract, batch, None).compile()
+
+
+def compiled_memory_bytes(compiled: Any) -> dict[str, int]:
+    """Per-device bytes of a compiled program from XLA's memory analysis: arguments, outputs,
+    temporaries, and their total (donated outputs alias their arguments)."""
+    stats = compiled.memory_analysis()
+    sizes = {
+        "argument_bytes": int(stats.argument_size_in_bytes),
+        "output_bytes": int(stats.output_size_in_bytes),
+        "temp_bytes": int(stats.temp_size_in_bytes),
+        "alias_bytes": int(stats.alias_size_in_bytes),
+    }
+    sizes["total_bytes"] = (
+        sizes["argument_bytes"] + sizes["output_bytes"] + sizes["temp_bytes"] - sizes["alias_bytes"]
+    )
+    return sizes
 
 
 def device_description() -> dict[str, str]:

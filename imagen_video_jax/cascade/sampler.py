@@ -6,11 +6,13 @@ the conditional and the null-text branch as one batched model call; distilled st
 guidance weight as an input instead. Compiled functions are cached per (sampler, steps,
 guidance mode) and shared by every stage with the same model, shape and diffusion config (a
 cascade loaded again reuses them); guidance weights are a runtime input, so new prompts, seeds
-or weights never recompile.
+or weights never recompile. Stages too large for device memory run their model over frame chunks
+(``sample.frame_chunk``, ``sample.layer_chunk``: see chunked.py), with the same result.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from imagen_video_jax.cascade.chunked import FrameChunking
 from imagen_video_jax.cascade.specs import SamplingSettings, is_distilled, spec_from_config
 from imagen_video_jax.diffusion.guidance import cfg_model_fn, dynamic_threshold, per_step_weights
 from imagen_video_jax.diffusion.losses import noise_augment
@@ -60,6 +63,8 @@ class StageSampler:
         self.config = config
         self.spec = spec_from_config(config)
         self.model = VideoUNet.from_config(config["model"]) if model is None else model
+        self.chunking = FrameChunking.from_config(config)
+        self.chunking.check(self.model, self.spec.frames)
         self.schedule = diffusion_schedule(config["diffusion"])
         self.prediction = str(config["diffusion"]["prediction"])
         self.progress: Progress | None = None
@@ -68,8 +73,11 @@ class StageSampler:
 
     @classmethod
     def shared(cls, config: Mapping[str, Any]) -> StageSampler:
-        """The sampler of this stage/model/diffusion config, made once per process."""
-        key = json.dumps({k: config[k] for k in ("stage", "model", "diffusion")}, sort_keys=True)
+        """The sampler of this stage/model/diffusion config and frame chunking, made once per
+        process."""
+        parts = {k: config[k] for k in ("stage", "model", "diffusion")}
+        parts["chunking"] = dataclasses.asdict(FrameChunking.from_config(config))
+        key = json.dumps(parts, sort_keys=True)
         if key not in cls._shared:
             cls._shared[key] = cls(config)
         return cls._shared[key]
@@ -83,12 +91,23 @@ class StageSampler:
         cond: jax.Array | None,
         settings: SamplingSettings,
     ) -> jax.Array:
+        fn, args = self._loop_and_args(params, keys, text, text_mask, cond, settings)
+        return fn(*args)
+
+    def compile(self, params, keys, text, text_mask, cond, settings) -> tuple[Any, tuple]:
+        """The loop compiled ahead of time for these inputs, and the arguments to call it
+        with: ``compiled(*args)`` samples as ``self(...)`` does (benchmarks time compiling
+        and sampling apart, and read ``compiled.memory_analysis()``)."""
+        fn, args = self._loop_and_args(params, keys, text, text_mask, cond, settings)
+        return fn.lower(*args).compile(), args
+
+    def _loop_and_args(self, params, keys, text, text_mask, cond, settings) -> tuple:
         weights = settings.guidance_weights()
         mode = guidance_mode(self.config, weights)
         if not self.model.use_text:
             text = text_mask = None
-        fn = self._loop(settings, mode)
-        return fn(params, keys, text, text_mask, cond, jnp.asarray(weights))
+        args = (params, keys, text, text_mask, cond, jnp.asarray(weights))
+        return self._loop(settings, mode), args
 
     def _loop(self, settings: SamplingSettings, mode: str) -> Callable:
         """The jitted batch loop for these static settings (built once, then reused)."""
@@ -162,7 +181,7 @@ class StageSampler:
     def _model_fn(self, params: Any, inputs: dict, weight_at: Callable, mode: str) -> ModelFn:
         """``fn(z, logsnr) -> prediction`` with guidance applied as ``mode`` says."""
         variables = {"params": params}
-        apply = self.model.apply
+        apply = self.chunking.wrap(self.model)
 
         if mode == "input":
             return lambda z, logsnr: apply(

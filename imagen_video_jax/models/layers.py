@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -347,6 +348,8 @@ class TemporalConv(nn.Module):
     input, so video frames never see them, and their residual is bypassed.
     """
 
+    kernel_size: ClassVar[int] = 3  # frames: t - 1, t, t + 1
+
     groups: int
     dtype: jnp.dtype
 
@@ -357,7 +360,7 @@ class TemporalConv(nn.Module):
         if video_frames is not None:
             h = h * frame_gate(video_frames, h.dtype)
         h = h.reshape(b, t, height * width, c)
-        h = conv(c, (3, 1), self.dtype, zero_init=True, name="conv")(h)
+        h = conv(c, (self.kernel_size, 1), self.dtype, zero_init=True, name="conv")(h)
         h = h.reshape(b, t, height, width, c)
         if video_frames is not None:
             h = h * frame_gate(video_frames, h.dtype)

@@ -1,0 +1,274 @@
+"""The benchmarks on CPU with one-level U-Nets: the records' fields and their arithmetic (floor,
+speedup, scaling ratio), the meshes' shardings, compile-once sampling, and paper-memory's
+parameter count, per-device memory and estimate."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from imagen_video_jax.bench import BENCHMARKS, measure, paper_memory, sample, scale
+from imagen_video_jax.config import load_config
+from imagen_video_jax.models import abstract_params
+from imagen_video_jax.parallel import make_mesh
+
+GIB = 2**30
+PEAK_TFLOPS = 2.0  # a given peak: measuring one on the CPU would take minutes
+# One level, no attention: the smallest U-Net that still runs every kind of layer a stage needs.
+ONE_LEVEL = [
+    "model.channel_mult=(1,)",
+    "model.num_res_blocks=(1,)",
+    "model.spatial_attention=(False,)",
+    "model.cross_attention=(False,)",
+    "model.temporal_mixing=('conv',)",
+]
+
+
+def by_bench(records, name):
+    return [r for r in records if r["bench"] == name]
+
+
+# ----------------------------------------------------------------------------- measure / floor
+
+
+def test_floor_of_a_matmul_is_its_hand_counted_flops_over_the_peak():
+    m, k, n = 16, 32, 8
+    a = jax.ShapeDtypeStruct((m, k), jnp.float32)
+    b = jax.ShapeDtypeStruct((k, n), jnp.float32)
+    flops = measure.cpu_compiled_flops(lambda x, y: x @ y, a, b)
+    assert flops == 2 * m * k * n
+    # batch 3, two guidance branches, 5 DDIM steps (5 model evaluations), at 2 TFLOP/s
+    evaluations = sample.model_evaluations("ddim", 5)
+    assert evaluations == 5
+    floor = sample.stage_floor_seconds(flops, 3, 2, evaluations, PEAK_TFLOPS)
+    assert floor == pytest.approx(2 * m * k * n * 3 * 2 * 5 / 2e12, rel=1e-12)
+
+
+def test_model_evaluations_of_each_sampler():
+    assert sample.model_evaluations("stochastic", 8) == 8
+    assert sample.model_evaluations("ancestral", 4) == 4
+    assert sample.model_evaluations("pc", 5) == 2 * 4 + 1  # one Langevin correction a step
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        sample.model_evaluations("euler", 4)
+
+
+def test_bytes_per_device_counts_shards():
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x"))
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    tree = {
+        "split": jax.ShapeDtypeStruct((16, 3), jnp.float32, sharding=split),
+        "whole": jax.ShapeDtypeStruct((5,), jnp.bfloat16, sharding=whole),
+    }
+    assert measure.bytes_per_device(tree) == 2 * 3 * 4 + 5 * 2
+
+
+# ----------------------------------------------------------------------------- bench-sample
+
+
+@pytest.fixture(scope="module")
+def sample_records():
+    return sample.run(
+        size="tiny",
+        batches=(2,),
+        stop_after="base",
+        overrides=[*ONE_LEVEL, "sample.num_steps=3"],
+        peak_tflops=PEAK_TFLOPS,
+    )
+
+
+def test_sample_records_per_stage_and_end_to_end(sample_records):
+    stages = {r["variant"]: r for r in by_bench(sample_records, "sample_stage")}
+    assert set(stages) == {"undistilled", "distilled"}
+    slow, fast = stages["undistilled"], stages["distilled"]
+    assert (slow["sampler"], slow["num_steps"], slow["guidance"]) == ("ddim", 3, "cfg")
+    assert (fast["sampler"], fast["num_steps"], fast["guidance"]) == ("stochastic", 8, "input")
+    assert slow["model_calls_per_step"] == 2 and fast["model_calls_per_step"] == 1
+    # The distilled student's call is the same U-Net plus a w embedding.
+    assert fast["call_gflop"] == pytest.approx(slow["call_gflop"], rel=0.02)
+    for record in (slow, fast):
+        assert record["stage"] == "base" and record["shape"] == "2x8x8" and record["batch"] == 2
+        floor_s = record["call_gflop"] * 1e9 * 2 * record["model_calls_per_step"] / 2e12
+        assert record["floor_ms"] == pytest.approx(floor_s * 1e3, rel=1e-9)
+        expected_ratio = record["stage_s"] / (floor_s * record["num_steps"])
+        assert record["floor_ratio"] == pytest.approx(expected_ratio, rel=1e-9)
+        assert record["step_ms"] == pytest.approx(record["stage_s"] / record["num_steps"] * 1e3)
+    totals = {r["variant"]: r for r in by_bench(sample_records, "sample")}
+    for name, record in totals.items():
+        assert record["trace_counts"] == {"base": 1}  # compiled once, in the first pass
+        assert record["total_s"] == stages[name]["stage_s"] > 0
+    (speedup,) = by_bench(sample_records, "sample_speedup")
+    ratio = totals["undistilled"]["total_s"] / totals["distilled"]["total_s"]
+    assert speedup["speedup"] == pytest.approx(ratio) and speedup["target"] == 17.7
+
+
+def test_sample_refuses_a_recompile():
+    cascade = type("FakeCascade", (), {"trace_counts": {"base": 2}})()
+    with pytest.raises(RuntimeError, match="compiled again"):
+        sample._check_no_recompile(cascade, {"base": 1}, [])
+    with pytest.raises(RuntimeError, match=r"jit\(loop\)"):
+        sample._check_no_recompile(type(cascade)(), {"base": 2}, ["jit(loop)"])
+
+
+# ----------------------------------------------------------------------------- bench-scale
+
+
+def _tiny_train_config():
+    return load_config("configs/imagen_video.py:stage=base,size=tiny", ONE_LEVEL)
+
+
+@pytest.fixture(scope="module")
+def scale_records():
+    # Two train steps compile here (1 device, then FSDP over 8): the slowest part of this file.
+    return scale.run(_tiny_train_config(), batch_per_device=1, modes=("fsdp",), warmup=1, iters=1)
+
+
+def _fsdp_bytes_by_the_rules(model_config, ways):
+    """Parameter bytes a device holds when 'embed' dims split ``ways`` ways (if divisible)."""
+    boxed = abstract_params(model_config)
+    total = 0
+    for leaf in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)):
+        shape = list(leaf.value.shape)
+        for i, name in enumerate(leaf.names):
+            if name == "embed" and shape[i] % ways == 0:
+                shape[i] //= ways
+        total += math.prod(shape) * leaf.value.dtype.itemsize
+    return total
+
+
+@pytest.mark.slow
+def test_scale_records_and_fsdp_sharding(scale_records):
+    single, fsdp = scale_records
+    n = jax.device_count()
+    assert (single["mode"], single["devices"], single["batch"]) == ("single", 1, 1)
+    assert single["param_bytes_per_device"] == single["param_bytes"]
+    assert (fsdp["mode"], fsdp["devices"], fsdp["batch"]) == ("fsdp", n, n)
+    assert fsdp["mesh"] == {"data": 1, "fsdp": n, "tensor": 1}
+    for record in scale_records:
+        assert record["batch_per_device"] == 1  # the batch is split over every device
+        assert record["ratio"] == pytest.approx(record["clips_per_s"] / single["clips_per_s"])
+        assert record["efficiency"] == pytest.approx(record["ratio"] / record["devices"])
+    expected = _fsdp_bytes_by_the_rules(_tiny_train_config().model, n)
+    assert fsdp["param_bytes_per_device"] == expected < fsdp["param_bytes"]
+
+
+def test_data_parallel_mesh_replicates_params_and_splits_the_batch():
+    n = jax.device_count()
+    config = scale.scale_config(_tiny_train_config(), 2, n, "data")
+    train_step = measure.TrainStep.build(config, make_mesh(config.mesh))
+    assert dict(train_step.mesh.shape) == {"data": n, "fsdp": 1, "tensor": 1}
+    for leaf in jax.tree.leaves(train_step.abstract):
+        assert leaf.sharding.is_fully_replicated
+    batch = measure.abstract_batch(
+        measure.synthetic_train_batch(config, config.data.batch_size), train_step.batch_sharding
+    )
+    for leaf in batch.values():
+        assert leaf.sharding.shard_shape(leaf.shape) == (2, *leaf.shape[1:])
+
+
+def test_scale_config_sets_the_mesh_and_batch():
+    config = scale.scale_config(_tiny_train_config(), 3, 4, "fsdp")
+    assert config.data.batch_size == 12
+    assert (config.mesh.data, config.mesh.fsdp, config.mesh.tensor) == (1, 4, 1)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        scale.scale_config(_tiny_train_config(), 3, 4, "tensor")
+
+
+# ----------------------------------------------------------------------------- bench-paper-memory
+
+
+def test_paper_param_count_is_within_ten_percent_of_the_paper():
+    fields = paper_memory.param_fields(paper_memory.stage_config("ssr3"))
+    assert fields["paper_params"] == 340e6
+    assert abs(fields["params_ratio"] - 1) <= 0.10
+    assert fields["params_ratio"] == fields["params"] / 340e6
+
+
+@pytest.fixture(scope="module")
+def dry_run():
+    return paper_memory.dry_run_record(
+        "ssr3", size="tiny", num_devices=2, crop=(64, 64), remat="none", overrides=ONE_LEVEL
+    )
+
+
+def test_dry_run_compiles_the_step_per_device(dry_run):
+    assert dry_run["resolution"] == "16x256x256" and dry_run["trained_on"] == "16x64x64"
+    assert dry_run["cropped"] and dry_run["remat"] == "none" and dry_run["devices"] == 2
+    # One example a device: a 16x64x64 uint8 clip, its 16x16x16 low-res input, 32 text tokens
+    # of width 384 (float32) and their mask.
+    batch_bytes = 16 * 64 * 64 * 3 + 16 * 16 * 16 * 3 + 32 * 384 * 4 + 32
+    assert dry_run["batch_bytes_per_device"] == batch_bytes
+    # XLA's per-device arguments are the sharded train state and the device's batch rows.
+    expected = dry_run["state_bytes_per_device"] + batch_bytes
+    assert dry_run["compiled_argument_bytes"] == expected
+    assert dry_run["step_tflop"] > 0 and dry_run["compiled_gib"] > 0
+
+
+def test_dry_run_estimate_adds_up(dry_run):
+    parts = ("state_gib_per_device", "grads_gib_per_device", "activations_gib")
+    assert dry_run["estimate_gib"] == pytest.approx(sum(dry_run[k] for k in parts))
+    assert dry_run["state_gib_per_device"] * GIB == dry_run["state_bytes_per_device"]
+    # Fully convolutional: activations scale with the pixels of a frame (256^2 / 64^2 = 16).
+    full = dry_run["full_resolution_activations_gib"]
+    assert full == pytest.approx(16 * dry_run["activations_gib"]) and full > 0
+    assert dry_run["needs"].startswith("1 device(s) of 131.3 GiB with FSDP and remat=none")
+
+
+def test_a_step_that_does_not_fit_records_the_error_and_an_estimate(monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9.9GiB\ndetails")
+
+    monkeypatch.setattr(paper_memory, "TrainBench", out_of_memory)
+    record = paper_memory.step_record("tsr1", size="tiny", overrides=ONE_LEVEL)
+    assert record["fits"] is False and record["stage"] == "tsr1"
+    assert record["error"] == "RESOURCE_EXHAUSTED: Out of memory allocating 9.9GiB"
+    assert record["devices"] == jax.device_count() and record["activations_gib"] > 0
+    assert record["needs"].startswith("1 device(s)")
+
+
+def test_what_fits_arithmetic():
+    line = paper_memory.what_fits(100 * GIB, 10 * GIB, 40 * GIB, 2, "block")
+    assert line.startswith("4 device(s) of 40.0 GiB") and "more than the 2 here" in line
+    line = paper_memory.what_fits(100 * GIB, 50 * GIB, 40 * GIB, 2, "block")
+    assert "exceed a device's 40.0 GiB" in line and "crops" in line
+
+
+def test_stage_config_checks_the_crop():
+    with pytest.raises(ValueError, match="multiple of its spatial factor 4"):
+        paper_memory.stage_config("ssr3", size="tiny", crop=(62, 64))
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
+        paper_memory.parse_crop("192 by 320")
+    # A stage that is not fully convolutional keeps its full frame.
+    config = paper_memory.stage_config("base", size="tiny", crop=(4, 4))
+    assert measure.example_shape(config) == (2, 8, 8)
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_every_benchmark_parses_its_defaults(name):
+    module = importlib.import_module(BENCHMARKS[name][0])
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    assert callable(module.main) and isinstance(parser.parse_args([]), argparse.Namespace)
+
+
+def test_synthetic_batch_follows_the_config():
+    config = load_config("configs/imagen_video.py:stage=tsr1,size=tiny")
+    batch = measure.synthetic_train_batch(config, 3)
+    shapes = {k: v.shape for k, v in batch.items()}
+    assert shapes == {
+        "video": (3, 4, 8, 8, 3),
+        "cond": (3, 2, 8, 8, 3),
+        "text": (3, 32, 384),
+        "text_mask": (3, 32),
+    }
+    assert batch["video"].dtype == np.uint8 and batch["cond"].dtype == np.uint8
