@@ -249,6 +249,28 @@ def test_temporal_attention_matches_numpy():
     assert heads == p["relative_position_bias"].shape[1]
 
 
+def test_temporal_attention_tells_time_direction_at_init():
+    """A zero (offset-symmetric) relative bias would make the block equivariant to playing
+    the clip backwards; the random initial bias is not symmetric, so the block is not."""
+    module = TemporalAttention(4, 2, jnp.float32, max_distance=3)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 4, 2, 2, 8)), jnp.float32)
+    params = nn.unbox(module.init(jax.random.key(0), x)["params"])
+    table = np.asarray(params["relative_position_bias"])
+    assert np.abs(table - table[::-1]).max() > 0.1
+    # A nonzero output projection, so that the attention reaches the output.
+    out_kernel = jax.random.normal(jax.random.key(1), params["out"]["kernel"].shape)
+    params = {**params, "out": {**params["out"], "kernel": out_kernel}}
+
+    def reversal_gap(p):
+        forward = module.apply({"params": p}, x)
+        backward = module.apply({"params": p}, x[:, ::-1])[:, ::-1]
+        return float(jnp.abs(forward - backward).max())
+
+    symmetric = {**params, "relative_position_bias": jnp.asarray((table + table[::-1]) / 2)}
+    assert reversal_gap(symmetric) < 1e-5
+    assert reversal_gap(params) > 1e-2
+
+
 def test_temporal_conv_matches_numpy():
     groups = 2
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 2, 3, 8)), jnp.float32)

@@ -78,6 +78,10 @@ class SpatialAttention(nn.Module):
         return constrain_video(x + out)
 
 
+# Standard deviation of the relative position bias at initialisation (logit units).
+RELATIVE_BIAS_INIT_STD = 0.5
+
+
 class TemporalAttention(nn.Module):
     """Self-attention among the T frames at each pixel, per head.
 
@@ -114,10 +118,17 @@ class TemporalAttention(nn.Module):
         return constrain_video(x + out)
 
     def _relative_position_bias(self, heads: int, frames: int) -> jax.Array:
-        """[heads, T, T] learned bias indexed by the clipped offset key - query."""
+        """[heads, T, T] learned bias indexed by the clipped offset key - query.
+
+        Initialised at random, as T5's relative attention bias is: every other part of the
+        block is blind to frame order, so a bias that starts symmetric in the offset (zero)
+        makes the network equivariant to reversing time, and training keeps it so (the
+        clips, over all captions, are as likely played backwards): such a model cannot tell
+        'moving up' from 'moving down'.
+        """
         table = self.param(
             "relative_position_bias",
-            partitioned(nn.initializers.zeros_init(), (None, "heads")),
+            partitioned(nn.initializers.normal(RELATIVE_BIAS_INIT_STD), (None, "heads")),
             (2 * self.max_distance + 1, heads),
         )
         offsets = jnp.arange(frames)[None, :] - jnp.arange(frames)[:, None]
