@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.parse_known_args = parse_with_config_flags
 
 
-def main(args: argparse.Namespace) -> int:
+def start_distributed(args: argparse.Namespace) -> None:
+    """``jax.distributed`` as the multi-host arguments say (before any other JAX call)."""
     from imagen_video_jax.parallel.distributed import initialize_distributed
 
     local_ids = args.local_device_ids
@@ -84,6 +85,10 @@ def main(args: argparse.Namespace) -> int:
         process_id=args.process_id,
         local_device_ids=[int(i) for i in local_ids.split(",")] if local_ids else None,
     )
+
+
+def main(args: argparse.Namespace) -> int:
+    start_distributed(args)
     from imagen_video_jax.config import load_config
     from imagen_video_jax.train.loop import NonFiniteError, train
 

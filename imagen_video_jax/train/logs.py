@@ -48,6 +48,7 @@ class TrainLogger:
         total_steps: int,
         enabled: bool = True,
         progress_bar: bool = True,
+        description: str | None = None,
     ):
         self.enabled = enabled
         self.log_dir = epath.Path(log_dir)
@@ -61,7 +62,13 @@ class TrainLogger:
         self._writer = SummaryWriter(str(self.log_dir))
         self._jsonl = _open_jsonl(self.log_dir, start_step)
         if progress_bar:
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                desc=description,
+                unit="step",
+                dynamic_ncols=True,
+            )
 
     def step(self, step: int, loss: float) -> None:
         """Advance the progress bar to ``step`` (the number of steps done), showing ``loss``."""

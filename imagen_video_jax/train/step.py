@@ -19,7 +19,7 @@ from imagen_video_jax.train.state import TrainState, ema_decay_at, update_ema
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
-StepFn = Callable[[TrainState, Batch, Any], tuple[TrainState, Metrics]]
+StepFn = Callable[..., tuple[TrainState, Metrics]]
 
 
 def embed_text(batch: Batch, text_encoder: Any, encoder_params: Any) -> dict[str, jax.Array]:
@@ -72,33 +72,39 @@ def _loss_and_grads(
     return loss / accum_steps, jax.tree_util.tree_map(lambda g: g / accum_steps, grads)
 
 
-def make_train_step(
-    apply_fn: ApplyFn,
+LossFn = Callable[..., jax.Array]
+
+
+def make_update_step(
+    loss_fn: LossFn,
     tx: optax.GradientTransformation,
-    config: Mapping,
+    train: Mapping,
     rules: Rules,
     *,
     text_encoder: Any = None,
 ) -> StepFn:
-    """``step(state, batch, encoder_params) -> (state, metrics)`` for ``config``'s stage.
+    """``step(state, batch, encoder_params, *extra) -> (state, metrics)`` minimising
+    ``loss_fn(params, batch, key, *extra)`` under ``config.train`` settings ``train``.
 
-    A step whose loss or gradient is NaN/inf leaves params, EMA and optimizer state unchanged,
-    counts itself in ``nonfinite_run``/``nonfinite_total`` and still advances ``step``.
+    ``extra`` are further step inputs the loss reads (a distillation teacher's params); the
+    text of the batch is embedded first. A step whose loss or gradient is NaN/inf leaves params,
+    EMA and optimizer state unchanged, counts itself in ``nonfinite_run``/``nonfinite_total``
+    and still advances ``step``.
     """
-    objective = StageObjective.from_config(config)
-    train = config["train"]
     accum_steps = int(train["grad_accum_steps"])
     ema_decay = float(train["ema_decay"])
     schedule = learning_rate_schedule(train)
 
-    def loss_fn(params: Any, batch: Batch, key: jax.Array) -> jax.Array:
-        return stage_loss(apply_fn, params, batch, key, objective)
+    def step(
+        state: TrainState, batch: Batch, encoder_params: Any, *extra: Any
+    ) -> tuple[TrainState, Metrics]:
+        def loss_with_extra(params: Any, batch: Batch, key: jax.Array) -> jax.Array:
+            return loss_fn(params, batch, key, *extra)
 
-    def step(state: TrainState, batch: Batch, encoder_params: Any) -> tuple[TrainState, Metrics]:
         with nn.logical_axis_rules(rules):
             batch = embed_text(batch, text_encoder, encoder_params)
             key = jax.random.fold_in(state.rng, state.step)
-            loss, grads = _loss_and_grads(loss_fn, state.params, batch, key, accum_steps)
+            loss, grads = _loss_and_grads(loss_with_extra, state.params, batch, key, accum_steps)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -132,19 +138,44 @@ def make_train_step(
     return step
 
 
+def make_train_step(
+    apply_fn: ApplyFn,
+    tx: optax.GradientTransformation,
+    config: Mapping,
+    rules: Rules,
+    *,
+    text_encoder: Any = None,
+) -> StepFn:
+    """``step(state, batch, encoder_params) -> (state, metrics)``: the diffusion loss of
+    ``config``'s stage under :func:`make_update_step`."""
+    objective = StageObjective.from_config(config)
+
+    def loss_fn(params: Any, batch: Batch, key: jax.Array) -> jax.Array:
+        return stage_loss(apply_fn, params, batch, key, objective)
+
+    return make_update_step(loss_fn, tx, config["train"], rules, text_encoder=text_encoder)
+
+
 def jit_train_step(
     step: StepFn,
     state_shardings: Any,
     encoder_shardings: Any,
     mesh: Mesh,
     rules: Rules,
+    extra_shardings: tuple = (),
 ) -> StepFn:
     """``step`` compiled with the state sharded by its logical axes (and donated), the batch
-    split over the batch mesh axes and the metrics replicated."""
+    split over the batch mesh axes, the metrics replicated and the ``extra`` step inputs
+    placed by ``extra_shardings``."""
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(
         step,
-        in_shardings=(state_shardings, batch_sharding(mesh, rules), encoder_shardings),
+        in_shardings=(
+            state_shardings,
+            batch_sharding(mesh, rules),
+            encoder_shardings,
+            *extra_shardings,
+        ),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
