@@ -71,8 +71,10 @@ LR_SCHEDULE=${LR_SCHEDULE:-cosine}
 # U-Net width (channels of the first level) and attention head width of each stage.
 declare -A CHANNELS=([base]=48 [tsr1]=32 [ssr1]=32 [ssr2]=16 [tsr2]=16 [tsr3]=16 [ssr3]=16)
 declare -A HEAD_DIM=([base]=16 [tsr1]=32 [ssr1]=32 [ssr2]=32 [tsr2]=32 [tsr3]=32 [ssr3]=32)
-# Fully convolutional stages train on random crops (height = width) of their output.
-declare -A CROP=([ssr2]=64 [tsr2]=64 [tsr3]=64 [ssr3]=128)
+# Only ssr3 trains on random crops (height = width) of its output. The crop must not be much
+# smaller than the U-Net's receptive field: stages trained on 64 x 64 crops of 128 x 128 frames
+# drew a grey square far from the borders of full frames, a region unlike any crop they saw.
+declare -A CROP=([ssr3]=256)
 
 stage_args() {
   local stage=$1
