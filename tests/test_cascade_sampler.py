@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from imagen_video_jax.bench.measure import CompileCounter
 from imagen_video_jax.cascade import Cascade
 from imagen_video_jax.cascade.specs import SamplingSettings
 from imagen_video_jax.config import load_config
@@ -90,11 +91,14 @@ def test_sampling_prefixes_seeds_batches_guidance_and_compiles(cascade):
     assert not np.array_equal(sample(cascade, seed=4), video)
     assert not np.array_equal(sample(cascade, guidance_weight=4.0), video)
     assert cascade.trace_counts == compiled
-    # One stage from the host copy of the previous stage's video gives the cascade's output.
-    again = cascade.sample_stage(
-        "tsr1", PROMPTS, cond=stages["base"], seed=3, num_steps=STEPS, guidance_weight=W
-    )
+    # One stage from the host copy of the previous stage's video gives the cascade's output,
+    # with the sampling loop the cascade compiled.
+    with CompileCounter() as compiles:
+        again = cascade.sample_stage(
+            "tsr1", PROMPTS, cond=stages["base"], seed=3, num_steps=STEPS, guidance_weight=W
+        )
     np.testing.assert_array_equal(again, video)
+    assert "jit(loop)" not in compiles.names
 
     # Prompts one by one give the batch's videos. Batch 1 and batch 2 compile to different
     # kernels, so allow one level of rounding.

@@ -372,7 +372,9 @@ class Cascade:
             text, text_mask = self.encode(prompts)
             self._check_text_width([stage], text)
         seeds = example_seeds(seed, len(prompts))
-        cond = None if cond is None else jnp.asarray(cond)
+        if cond is not None:
+            # Placed as the previous stage's output is, so the cascade's compiled loop is reused.
+            cond = jax.device_put(jnp.asarray(cond), checkpoints.single_device_sharding())
         return np.asarray(self._run(stage, seeds, text, text_mask, cond, settings))
 
     def _run(self, stage, seeds, text, text_mask, cond, settings) -> jax.Array:
