@@ -99,3 +99,15 @@ def stage_spec(name: str, size: str = "paper") -> StageSpec:
     if name not in stages:
         raise ValueError(f"unknown stage {name!r}; expected one of {list(STAGE_ORDER)}")
     return stages[name]
+
+
+# Imagen Video (Ho et al. 2022): parameters of the seven diffusion models.
+PAPER_PARAMS = {
+    "base": 5.6e9,
+    "tsr1": 1.7e9,
+    "ssr1": 1.4e9,
+    "ssr2": 1.2e9,
+    "tsr2": 780e6,
+    "tsr3": 630e6,
+    "ssr3": 340e6,
+}

@@ -10,19 +10,9 @@ import pytest
 
 from imagen_video_jax.config import bundled_config_file
 from imagen_video_jax.models import count_params
+from imagen_video_jax.stages import PAPER_PARAMS
 
 CONFIG_FILE = bundled_config_file("imagen_video")
-
-# Imagen Video (Ho et al. 2022): parameters of the seven diffusion models.
-PAPER_PARAMS = {
-    "base": 5.6e9,
-    "tsr1": 1.7e9,
-    "ssr1": 1.4e9,
-    "ssr2": 1.2e9,
-    "tsr2": 780e6,
-    "tsr3": 630e6,
-    "ssr3": 340e6,
-}
 
 
 def _configs():

@@ -34,19 +34,9 @@ from imagen_video_jax.cascade.cascade import default_config_file
 from imagen_video_jax.config import load_config
 from imagen_video_jax.models import VideoUNet, count_params
 from imagen_video_jax.parallel import make_mesh, mesh_context
-from imagen_video_jax.stages import STAGE_ORDER
+from imagen_video_jax.stages import PAPER_PARAMS, STAGE_ORDER
 from imagen_video_jax.train.objective import StageObjective, stage_loss
 
-# Imagen Video (Ho et al. 2022): parameters of the seven diffusion models.
-PAPER_PARAMS = {
-    "base": 5.6e9,
-    "tsr1": 1.7e9,
-    "ssr1": 1.4e9,
-    "ssr2": 1.2e9,
-    "tsr2": 780e6,
-    "tsr3": 630e6,
-    "ssr3": 340e6,
-}
 STATE_BYTES_PER_PARAM = 16  # float32 params, EMA, Adam's first and second moments
 GRAD_BYTES_PER_PARAM = 4
 DEFAULT_DEVICE_BYTES = 141e9  # one H200, where the device reports no limit (dry runs)

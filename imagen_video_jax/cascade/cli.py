@@ -59,6 +59,20 @@ def per_stage_value(text: str, convert: Callable[[str], Any]) -> Any:
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``sample`` and ``demo``."""
     parser.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (default 0)")
+    add_stage_setting_arguments(parser)
+    parser.add_argument(
+        "--stop-after", choices=STAGE_ORDER, help="last stage to run (default: all present)"
+    )
+    parser.add_argument(
+        "--save-intermediates",
+        action="store_true",
+        help="also write every earlier stage's videos (<out>_<stage>.mp4/.gif/.png)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_stage_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """--steps, --guidance and --sampler: one value for every stage or STAGE=VALUE,..."""
     parser.add_argument(
         "--steps",
         type=lambda t: per_stage_value(t, int),
@@ -74,15 +88,6 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         type=lambda t: per_stage_value(t, str),
         help="ddim, ancestral, stochastic or pc; or STAGE=NAME,... (default: the configs')",
     )
-    parser.add_argument(
-        "--stop-after", choices=STAGE_ORDER, help="last stage to run (default: all present)"
-    )
-    parser.add_argument(
-        "--save-intermediates",
-        action="store_true",
-        help="also write every earlier stage's videos (<out>_<stage>.mp4/.gif/.png)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from imagen_video_jax.cascade.cli import per_stage_value
+from imagen_video_jax.cascade.cli import add_stage_setting_arguments
 from imagen_video_jax.stages import STAGE_ORDER
 
 
@@ -36,21 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stop-after", choices=STAGE_ORDER, help="last stage to run (default: all present)"
     )
-    parser.add_argument(
-        "--steps",
-        type=lambda t: per_stage_value(t, int),
-        help="sampling steps: one count for every stage or STAGE=N,... (default: the configs')",
-    )
-    parser.add_argument(
-        "--guidance",
-        type=lambda t: per_stage_value(t, float),
-        help="guidance weight w: one for every stage or STAGE=W,... (default: the configs')",
-    )
-    parser.add_argument(
-        "--sampler",
-        type=lambda t: per_stage_value(t, str),
-        help="ddim, ancestral, stochastic or pc; or STAGE=NAME,... (default: the configs')",
-    )
+    add_stage_setting_arguments(parser)
     parser.add_argument(
         "--text-cache",
         help="prompt embeddings from this cache (.npz of `imagen-video embed`) instead of the "
