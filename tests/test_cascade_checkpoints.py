@@ -57,6 +57,17 @@ def test_train_checkpoints_load_ema_params_and_sample_identically(cascade, tmp_p
     assert Cascade.from_checkpoints(tmp_path, stop_after="base").stage_names == ["base"]
 
 
+def test_relative_workdirs_are_made_absolute_for_orbax(cascade, tmp_path, monkeypatch):
+    """Newer Orbax refuses relative checkpoint paths; train, export and sampling take any."""
+    monkeypatch.chdir(tmp_path)
+    save_train_checkpoints(cascade, tmp_path / "run")
+    checkpointer = Checkpointer("run/base")
+    assert checkpointer.manager.directory.is_absolute()
+    assert checkpointer.latest_step() == 5
+    loaded = Cascade.from_checkpoints("run", stop_after="base")
+    assert_same_params(loaded.stages["base"].params, cascade.stages["base"].params)
+
+
 def test_compact_format_round_trips(cascade, tmp_path):
     cascade.save(tmp_path / "f32", dtype="float32")
     exact = Cascade.from_checkpoints(tmp_path / "f32")

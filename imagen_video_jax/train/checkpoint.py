@@ -95,11 +95,14 @@ def _state_items(state: TrainState) -> dict[str, Any]:
 def _manager(
     directory: epath.Path, options: ocp.CheckpointManagerOptions | None = None
 ) -> ocp.CheckpointManager:
-    """A manager that knows the handler of every item (so metadata and partial restores work)."""
+    """A manager that knows the handler of every item (so metadata and partial restores work).
+    The path is made absolute: newer Orbax versions refuse relative ones."""
     handlers = {name: ocp.StandardCheckpointHandler() for name in STATE_ITEMS}
     handlers[CONFIG_ITEM] = ocp.JsonCheckpointHandler()
     handlers[DATA_ITEM] = DataStateHandler()
-    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    return ocp.CheckpointManager(
+        epath.Path(directory).absolute(), options=options, item_handlers=handlers
+    )
 
 
 class Checkpointer:
