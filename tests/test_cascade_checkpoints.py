@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from imagen_video_jax.cascade import Cascade
+from imagen_video_jax.cascade.checkpoints import CONFIG_FILE, save_stage, to_plain
 from imagen_video_jax.cascade.export import DEMO_FILE, export_cascade
 from imagen_video_jax.config import load_config
 from imagen_video_jax.train import Checkpointer, create_train_state
@@ -80,6 +81,19 @@ def test_compact_format_round_trips(cascade, tmp_path):
             lambda p: np.asarray(p).astype(np.float16).astype(np.float32), stage.params
         )
         assert_same_params(half.stages[name].params, rounded)
+
+
+def test_export_drops_the_training_machines_text_cache_path(tmp_path):
+    config = load_config(
+        "configs/imagen_video.py:stage=base,size=tiny",
+        [*OVERRIDES, "train.text_cache=/train/machine/captions.npz"],
+    )
+    params = {"w": np.ones((2, 2), np.float32)}
+    save_stage(tmp_path / "base", params, config)
+    saved = json.loads((tmp_path / "base" / CONFIG_FILE).read_text())
+    assert saved["train"]["text_cache"] == ""
+    assert saved["model"] == to_plain(config.model)
+    assert config.train.text_cache == "/train/machine/captions.npz"  # the caller's is untouched
 
 
 def test_distilled_stages_load_alike(tmp_path):

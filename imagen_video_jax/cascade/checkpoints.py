@@ -111,7 +111,11 @@ def save_stage(
     arrays = {_SEPARATOR.join(map(str, k)): np.asarray(v).astype(dtype) for k, v in flat.items()}
     _check_representable(arrays, dtype, stage_dir.name)
     np.savez(stage_dir / PARAMS_FILE, **arrays)
-    (stage_dir / CONFIG_FILE).write_text(json.dumps(to_plain(config), indent=1))
+    config = to_plain(config)
+    if config.get("train", {}).get("text_cache"):
+        # A path on the training machine: meaningless wherever the stage is sampled.
+        config["train"]["text_cache"] = ""
+    (stage_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1))
     return sum((stage_dir / f).stat().st_size for f in (PARAMS_FILE, CONFIG_FILE))
 
 
