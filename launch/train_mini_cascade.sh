@@ -20,7 +20,10 @@
 # stages do not fill a GPU alone. With TIME_LIMIT (seconds) a stage that has not finished its
 # steps by then is stopped by SIGTERM, on which `imagen-video train` writes a checkpoint: use
 # LR_SCHEDULE=constant for such time-boxed runs, so that stopping early is not stopping in the
-# middle of a decay.
+# middle of a decay. Train the base stage on its own: started beside four busy SR stages on an
+# H100 it once stayed at its first step for 9 minutes (cause not found), and its direction words
+# need many steps: 13,000 at batch 64 (STAGES=base BATCH=64 EXTRA="--set
+# train.learning_rate=2e-4", 9.5 minutes alone on an H100; docs/PERFORMANCE.md).
 #
 # Then the EMA params and configs of the stages are exported to imagen_video_jax/assets/
 # demo_cascade/ (python -m imagen_video_jax.cascade.export), with demo.json holding the defaults
