@@ -28,9 +28,9 @@
 # Then the EMA params and configs of the stages are exported to imagen_video_jax/assets/
 # demo_cascade/ (python -m imagen_video_jax.cascade.export), with demo.json holding the defaults
 # of `imagen-video demo`: the stages it runs (through DEMO_STOP_AFTER) and their step counts,
-# chosen so that the demo takes well under two minutes on a laptop CPU. Measured on 8 server CPU
-# cores (compiling included): through tsr2 (16 x 128 x 128 at 12 fps) about 45 s, through tsr3
-# (32 x 128 x 128 at 24 fps) about 65 s; ssr3 (512 x 512) is for GPUs.
+# chosen so that the demo takes well under two minutes on a laptop CPU: through ssr1 (8 x 32 x 32
+# at 6 fps) about 56 s on 2 CPU cores; on 8 server cores, through tsr2 (16 x 128 x 128 at
+# 12 fps) about 45 s, through tsr3 (32 x 128 x 128 at 24 fps) about 65 s; ssr3 is for GPUs.
 #
 # Run it from the project's environment (`imagen-video` and `python` on PATH) on a GPU machine.
 # Settings (environment variables):
@@ -48,8 +48,8 @@
 #   LR_SCHEDULE      cosine | constant                              (cosine)
 #   OUT              where the bundled cascade goes                 (imagen_video_jax/assets/demo_cascade)
 #   MAX_MB           size limit of the bundle                       (30)
-#   DEMO_STOP_AFTER  last stage `imagen-video demo` runs            (tsr2)
-#   DEMO_STEPS       the demo's steps per stage                     (base=32,tsr1=8,ssr1=8,ssr2=8,tsr2=8,tsr3=8,ssr3=8)
+#   DEMO_STOP_AFTER  last stage `imagen-video demo` runs            (ssr1)
+#   DEMO_STEPS       the demo's steps per stage                   (base=32,tsr1=8,ssr1=8)
 #   EXTRA            more `imagen-video train` arguments for every stage
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,8 +62,8 @@ STAGES=${STAGES:-"base tsr1 ssr1 ssr2 tsr2 tsr3 ssr3"}
 SR_DATASET=${SR_DATASET:-moving_digits}
 OUT=${OUT:-imagen_video_jax/assets/demo_cascade}
 MAX_MB=${MAX_MB:-30}
-DEMO_STOP_AFTER=${DEMO_STOP_AFTER:-tsr2}
-DEMO_STEPS=${DEMO_STEPS:-base=32,tsr1=8,ssr1=8,ssr2=8,tsr2=8,tsr3=8,ssr3=8}
+DEMO_STOP_AFTER=${DEMO_STOP_AFTER:-ssr1}
+DEMO_STEPS=${DEMO_STEPS:-base=32,tsr1=8,ssr1=8}
 EXTRA=${EXTRA:-}
 TWO_DIGIT_PROB=${TWO_DIGIT_PROB:-0}
 TEXT_CACHE=${TEXT_CACHE:-$WORKDIR/captions.npz}

@@ -12,7 +12,7 @@ from PIL import Image
 from imagen_video_jax import cli
 from imagen_video_jax.cascade import Cascade, io
 from imagen_video_jax.cascade.cli import per_stage_value
-from imagen_video_jax.cascade.demo import DEFAULT_PROMPT, demo_defaults
+from imagen_video_jax.cascade.demo import DEFAULT_PROMPT, bundled_cascade_dir, demo_defaults
 
 OVERRIDES = ["model.dtype=float32"]
 
@@ -72,6 +72,15 @@ def test_sample_reports_user_mistakes(cascade_dir, tmp_path, capsys):
 def test_demo_without_bundled_weights_says_how_to_make_them(tmp_path, capsys):
     assert cli.main(["demo", "--cascade", str(tmp_path / "missing")]) == 1
     assert "launch/train_mini_cascade.sh" in capsys.readouterr().err
+
+
+def test_bundled_weights_stay_within_the_package_budget():
+    """All bundled weights (demo cascade and caption classifier) together: at most 30 MB."""
+    assets = bundled_cascade_dir().parent
+    total = sum(f.stat().st_size for f in assets.rglob("*") if f.is_file())
+    assert 0 < total <= 30e6
+    stages = Cascade.from_checkpoints(bundled_cascade_dir()).stage_names
+    assert stages == ["base", "tsr1", "ssr1", "ssr2", "tsr2", "tsr3", "ssr3"]
 
 
 def test_demo_defaults_come_from_demo_json_or_the_size_rule(cascade_dir, tmp_path):

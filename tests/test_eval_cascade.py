@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from imagen_video_jax.cascade import Cascade
-from imagen_video_jax.cascade.demo import bundled_cascade_dir
+from imagen_video_jax.cascade.demo import DEMO_FILE, bundled_cascade_dir
 from imagen_video_jax.cli import main as cli_main
 from imagen_video_jax.config import load_config
 from imagen_video_jax.data.captions import DIRECTIONS, digits_caption, parse_caption
@@ -294,34 +294,33 @@ def test_eval_command_reports_user_mistakes(tmp_path, capsys):
     assert "num_samples must be an int >= 1" in capsys.readouterr().err
 
 
-# Acceptance 4: a few prompts (8 digits, all 8 directions) at 16 base steps, about 60 s on 2
-# busy CPU cores.
-DEMO_PROMPTS, DEMO_BATCH, DEMO_BASE_STEPS = 8, 8, 16
+# Acceptance 4: a few prompts (8 digits, all 8 directions) through the stages and step counts
+# that `imagen-video demo` uses (demo.json). Two batches: the first compiles, the second is
+# timed, so nothing is sampled twice (a single batch would be rerun to time it compiled).
+DEMO_PROMPTS, DEMO_BATCH = 8, 4
 
 
 @pytest.fixture(scope="module")
 def bundled_demo_scores():
-    demo = Cascade.from_checkpoints(bundled_cascade_dir(), stop_after="base")
-    results = evaluate_cascade(
-        demo,
+    folder = bundled_cascade_dir()
+    demo = json.loads((folder / DEMO_FILE).read_text())
+    cascade = Cascade.from_checkpoints(folder, stop_after=demo["stop_after"])
+    return evaluate_cascade(
+        cascade,
         num_samples=DEMO_PROMPTS,
         batch_size=DEMO_BATCH,
         seed=0,
-        stop_after="base",
+        stop_after=demo["stop_after"],
         fvd=False,
-        num_steps=DEMO_BASE_STEPS,
+        num_steps=demo["num_steps"],
     )
-    return results["base"]
 
 
-def test_bundled_demo_draws_the_prompted_digit(bundled_demo_scores):
-    assert bundled_demo_scores["digit_accuracy"] >= 0.9
+def test_bundled_demo_base_moves_the_digit_the_prompted_way(bundled_demo_scores):
+    """The base stage sets the motion; a base that cannot tell time's direction scores ~50%."""
+    assert bundled_demo_scores["base"]["motion_accuracy"] >= 0.875
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the bundled mini base stage draws the prompted digit but moves it the prompted "
-    "way only about 40% of the time (docs/RESULTS.md); it needs longer training",
-)
 def test_bundled_demo_caption_accuracy(bundled_demo_scores):
-    assert bundled_demo_scores["caption_accuracy"] >= 0.8
+    final = list(bundled_demo_scores)[-1]
+    assert bundled_demo_scores[final]["caption_accuracy"] >= 0.8
