@@ -4,6 +4,8 @@
 #   bash launch/train_mini_cascade.sh                               # all stages, then export
 #   PARALLEL=1 TIME_LIMIT=1200 bash launch/train_mini_cascade.sh    # all at once, 20 minutes
 #   STEPS_base=40000 STAGES="base" bash launch/train_mini_cascade.sh  # retrain one stage
+#   INIT_FROM=imagen_video_jax/assets/demo_cascade STAGES=tsr1 bash launch/train_mini_cascade.sh
+#                                                                   # train the bundled tsr1 further
 #
 # Every stage trains with `imagen-video train` on the procedural moving_digits dataset (rendered
 # on the fly; SR_DATASET=photo_motion trains the super-resolution stages on camera motion over
@@ -50,6 +52,7 @@
 #   MAX_MB           size limit of the bundle                       (30)
 #   DEMO_STOP_AFTER  last stage `imagen-video demo` runs            (ssr1)
 #   DEMO_STEPS       the demo's steps per stage                   (base=32,tsr1=8,ssr1=8)
+#   INIT_FROM        a cascade folder to start new runs from (train further), e.g. the bundle
 #   EXTRA            more `imagen-video train` arguments for every stage
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +68,7 @@ MAX_MB=${MAX_MB:-30}
 DEMO_STOP_AFTER=${DEMO_STOP_AFTER:-ssr1}
 DEMO_STEPS=${DEMO_STEPS:-base=32,tsr1=8,ssr1=8}
 EXTRA=${EXTRA:-}
+INIT_FROM=${INIT_FROM:-}
 TWO_DIGIT_PROB=${TWO_DIGIT_PROB:-0}
 TEXT_CACHE=${TEXT_CACHE:-$WORKDIR/captions.npz}
 PARALLEL=${PARALLEL:-0}
@@ -103,6 +107,9 @@ stage_args() {
   fi
   if [[ "$stage" != base ]]; then
     args+=(--set "data.dataset=${SR_DATASET}")
+  fi
+  if [[ -n "$INIT_FROM" ]]; then
+    args+=(--init-from "$INIT_FROM")
   fi
   echo "${args[@]}"
 }

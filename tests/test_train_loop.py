@@ -187,3 +187,29 @@ def test_checkpointer_keeps_the_newest_and_saves_iterator_bytes(tmp_path):
     checkpointer.close()
     assert data_state == b"grain 3" and int(restored.step) == 3
     np.testing.assert_array_equal(restored.params["w"], [3, 3, 3])
+
+
+def test_a_new_run_starts_from_given_params_and_refuses_ones_that_do_not_fit(tmp_path):
+    """--init-from: params and EMA start as given (a stage trained further), not at random."""
+    config = make_config("base", num_steps=3, checkpoint_every=3)
+    first = train(config, tmp_path / "a", model=tiny_model(config), devices=ONE_DEVICE,
+                  data_iterator=FakeVideoData(config), progress_bar=False)  # fmt: skip
+    given = jax.device_get(first.ema_params)
+    zero_steps = make_config("base", num_steps=0)
+    started = train(zero_steps, tmp_path / "b", model=tiny_model(config), devices=ONE_DEVICE,
+                    data_iterator=FakeVideoData(config), progress_bar=False,
+                    init_params=given)  # fmt: skip
+    assert int(started.step) == 0
+    for got in (started.params, started.ema_params):
+        for a, b in zip(_leaves(got), _leaves(given), strict=True):
+            np.testing.assert_array_equal(a, b)
+    fresh = train(zero_steps, tmp_path / "c", model=tiny_model(config), devices=ONE_DEVICE,
+                  data_iterator=FakeVideoData(config), progress_bar=False)  # fmt: skip
+    assert any(not np.array_equal(a, b) for a, b in zip(_leaves(fresh.params), _leaves(given)))
+
+    wider = make_config("base", num_steps=0)
+    wider.model.channels = 24
+    with pytest.raises(ValueError, match="do not fit this stage's model: .*shape"):
+        train(wider, tmp_path / "d", model=tiny_model(wider), devices=ONE_DEVICE,
+              data_iterator=FakeVideoData(wider), progress_bar=False,
+              init_params=given)  # fmt: skip

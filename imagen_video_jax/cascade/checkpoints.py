@@ -83,6 +83,24 @@ def single_device_sharding() -> jax.sharding.Sharding:
     return jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
+def find_stage_dir(folder: str | Path, stage: str, what: str = "stage") -> Path:
+    """The folder of ``stage``'s checkpoint inside ``folder`` (a train workdir or an exported
+    cascade), or ``folder`` itself when it is a stage folder; FileNotFoundError naming the
+    layouts otherwise. ``what`` names the checkpoint's use in the messages (e.g. 'teacher')."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder {folder} does not exist")
+    if (folder / stage).is_dir():
+        return folder / stage
+    if is_compact(folder) or _has_train_steps(folder):
+        return folder
+    raise FileNotFoundError(
+        f"no {what} checkpoint of stage {stage!r} in {folder}: expected {folder / stage}/<step>/ "
+        f"(an `imagen-video train` workdir), {folder / stage / PARAMS_FILE} with {CONFIG_FILE} "
+        "(an exported cascade), or the stage folder itself"
+    )
+
+
 def load_stage(stage_dir: str | Path, step: int | None = None) -> tuple[Any, dict]:
     """``(params float32, config dict)`` of one stage folder (compact or train checkpoint)."""
     stage_dir = Path(stage_dir)

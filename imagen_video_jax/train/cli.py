@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a config field, e.g. --set data.batch_size=8 (or --config.KEY=VALUE)",
     )
     parser.add_argument("--data-dir", help="dataset folder (default: the data config's)")
+    parser.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="start a new run from this stage's params (an exported cascade, a train workdir "
+        "or the stage folder) instead of at random; a run that has checkpoints resumes",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     group = parser.add_argument_group("multi-host")
     group.add_argument(
@@ -94,7 +100,19 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config, args.overrides)
-        train(config, args.workdir, data_dir=args.data_dir, progress_bar=not args.no_progress)
+        init_params = None
+        if args.init_from:
+            from imagen_video_jax.cascade.checkpoints import find_stage_dir, load_stage
+
+            stage_dir = find_stage_dir(args.init_from, str(config.stage.name), "--init-from")
+            init_params, _ = load_stage(stage_dir)
+        train(
+            config,
+            args.workdir,
+            data_dir=args.data_dir,
+            progress_bar=not args.no_progress,
+            init_params=init_params,
+        )
     except (ValueError, FileNotFoundError) as error:
         print(f"imagen-video train: error: {error}", file=sys.stderr)
         return 2

@@ -45,30 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def teacher_stage_dir(teacher: str | Path, stage: str) -> Path:
-    """The folder of ``stage``'s teacher checkpoint inside ``teacher`` (or ``teacher`` itself
-    when it is a stage folder); FileNotFoundError naming the layouts otherwise."""
-    from imagen_video_jax.cascade.checkpoints import CONFIG_FILE, PARAMS_FILE, is_compact
-
-    folder = Path(teacher).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"teacher folder {folder} does not exist")
-    if (folder / stage).is_dir():
-        return folder / stage
-    if is_compact(folder) or any(c.is_dir() and c.name.isdigit() for c in folder.iterdir()):
-        return folder
-    raise FileNotFoundError(
-        f"no teacher checkpoint of stage {stage!r} in {folder}: expected {folder / stage}/<step>/ "
-        f"(an `imagen-video train` workdir), {folder / stage / PARAMS_FILE} with {CONFIG_FILE} "
-        "(an exported cascade), or the stage folder itself"
-    )
-
-
 def load_teacher(teacher: str | Path, stage: str) -> tuple[Any, dict]:
     """(float32 EMA params, saved config) of ``stage``'s teacher."""
-    from imagen_video_jax.cascade.checkpoints import load_stage
+    from imagen_video_jax.cascade.checkpoints import find_stage_dir, load_stage
 
-    return load_stage(teacher_stage_dir(teacher, stage))
+    return load_stage(find_stage_dir(teacher, stage, "teacher"))
 
 
 def export_student(result: Any, workdir: str | Path, dtype: str = "float32") -> Path:

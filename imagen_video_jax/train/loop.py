@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from imagen_video_jax.models import VideoUNet
@@ -268,13 +269,45 @@ class _MetricWindow:
         }
 
 
+def check_same_params_tree(params: Any, expected: Any) -> None:
+    """ValueError naming the differences when ``params`` does not fit the model's tree."""
+    got = {"/".join(k): np.shape(v) for k, v in traverse_util.flatten_dict(params).items()}
+    want = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(expected).items()}
+    problems = [f"missing {k}" for k in sorted(want.keys() - got.keys())]
+    problems += [f"unexpected {k}" for k in sorted(got.keys() - want.keys())]
+    problems += [
+        f"{k}: shape {got[k]}, the model's {want[k]}"
+        for k in sorted(want.keys() & got.keys())
+        if got[k] != want[k]
+    ]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(
+            f"the initial params do not fit this stage's model: {'; '.join(problems[:5])}{more}"
+        )
+
+
 def restore_or_init(
-    checkpointer: Checkpointer, abstract: TrainState, init_state: Any, iterator: Any, seed: int
+    checkpointer: Checkpointer,
+    abstract: TrainState,
+    init_state: Any,
+    iterator: Any,
+    seed: int,
+    init_params: Any = None,
 ) -> TrainState:
     """The stage's latest checkpoint (with the data iterator put back where it was), or a
-    fresh state."""
+    fresh state: at random, or from ``init_params`` (params and EMA both; optimizer fresh)."""
     if checkpointer.latest_step() is None:
-        return init_state(jax.random.PRNGKey(seed))
+        state = init_state(jax.random.PRNGKey(seed))
+        if init_params is None:
+            return state
+        check_same_params_tree(init_params, abstract.params)
+        placed = jax.tree_util.tree_map(
+            lambda p, target: jax.device_put(np.asarray(p, target.dtype), target.sharding),
+            init_params,
+            abstract.params,
+        )
+        return state.replace(params=placed, ema_params=jax.tree_util.tree_map(jnp.copy, placed))
     state, data_state = checkpointer.restore(abstract)
     if data_state is not None:
         iterator.set_state(data_state)
@@ -383,8 +416,12 @@ def train(
     data_iterator: Iterator | None = None,
     data_dir: str | None = None,
     progress_bar: bool = True,
+    init_params: Any = None,
 ) -> TrainState:
     """Train ``config``'s stage in ``<workdir>/<stage>/``, resuming from its latest checkpoint.
+
+    ``init_params``: where the stage has no checkpoint yet, start from these params (e.g. an
+    exported stage's, to train it further) instead of at random; they must fit the model.
 
     Stops after ``config.train.num_steps`` steps, or at the next step after SIGTERM (having
     saved a checkpoint); raises NonFiniteError after ``train.max_nonfinite_steps`` NaN/inf steps
@@ -415,7 +452,7 @@ def train(
     )
     try:
         state = restore_or_init(
-            checkpointer, abstract, init_state, iterator, int(train_cfg["seed"])
+            checkpointer, abstract, init_state, iterator, int(train_cfg["seed"]), init_params
         )
         start = int(jax.device_get(state.step))
         if start >= int(train_cfg["num_steps"]):
