@@ -68,7 +68,12 @@ from imagen_video_jax.train.objective import (
     video_to_float,
 )
 from imagen_video_jax.train.optimizer import make_optimizer
-from imagen_video_jax.train.state import TrainState, create_train_state, sharded_state_init
+from imagen_video_jax.train.state import (
+    TrainState,
+    create_train_state,
+    params_mismatches,
+    sharded_state_init,
+)
 from imagen_video_jax.train.step import StepFn, jit_train_step, make_update_step
 
 # Sections of the teacher's saved config that define it (its network, what it makes, what it
@@ -315,19 +320,16 @@ def student_params(teacher_params: Any, init_params: Any) -> dict:
     """The student's first params (host arrays): the teacher's, plus the freshly initialised
     guidance-weight embedding of ``init_params``, whose zero output layer keeps the teacher's
     function. Raises ValueError when the teacher does not fit the stage's model."""
-    teacher = traverse_util.flatten_dict(jax.device_get(teacher_params), sep="/")
-    student = traverse_util.flatten_dict(jax.device_get(init_params), sep="/")
-    unknown = sorted(set(teacher) - set(student))
-    missing = sorted(k for k in set(student) - set(teacher) if not k.startswith(GUIDANCE_PARAMS))
-    wrong = sorted(k for k in set(teacher) & set(student) if teacher[k].shape != student[k].shape)
-    problems = [f"params the model lacks: {unknown[:3]}"] if unknown else []
-    problems += [f"params the teacher lacks: {missing[:3]}"] if missing else []
-    problems += [f"{k} has shape {teacher[k].shape}, the model's {student[k].shape}" for k in wrong]
+    problems = params_mismatches(
+        teacher_params, init_params, given_name="teacher", optional=GUIDANCE_PARAMS
+    )
     if problems:
         raise ValueError(
             f"the teacher's params do not fit the model of its config ({'; '.join(problems[:3])}); "
             "was the checkpoint written with another model config?"
         )
+    teacher = traverse_util.flatten_dict(jax.device_get(teacher_params), sep="/")
+    student = traverse_util.flatten_dict(jax.device_get(init_params), sep="/")
     merged = {key: teacher.get(key, value) for key, value in student.items()}
     return traverse_util.unflatten_dict(merged, sep="/")
 

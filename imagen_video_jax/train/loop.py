@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
-from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from imagen_video_jax.models import VideoUNet
@@ -38,7 +37,7 @@ from imagen_video_jax.train.checkpoint import Checkpointer
 from imagen_video_jax.train.logs import TrainLogger
 from imagen_video_jax.train.optimizer import make_optimizer
 from imagen_video_jax.train.previews import jit_preview_sampler, make_preview_sampler
-from imagen_video_jax.train.state import TrainState, sharded_state_init
+from imagen_video_jax.train.state import TrainState, params_mismatches, sharded_state_init
 from imagen_video_jax.train.step import jit_train_step, make_train_step
 
 TEXT_SOURCES = ("auto", "batch", "encoder")
@@ -269,24 +268,6 @@ class _MetricWindow:
         }
 
 
-def check_same_params_tree(params: Any, expected: Any) -> None:
-    """ValueError naming the differences when ``params`` does not fit the model's tree."""
-    got = {"/".join(k): np.shape(v) for k, v in traverse_util.flatten_dict(params).items()}
-    want = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(expected).items()}
-    problems = [f"missing {k}" for k in sorted(want.keys() - got.keys())]
-    problems += [f"unexpected {k}" for k in sorted(got.keys() - want.keys())]
-    problems += [
-        f"{k}: shape {got[k]}, the model's {want[k]}"
-        for k in sorted(want.keys() & got.keys())
-        if got[k] != want[k]
-    ]
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise ValueError(
-            f"the initial params do not fit this stage's model: {'; '.join(problems[:5])}{more}"
-        )
-
-
 def restore_or_init(
     checkpointer: Checkpointer,
     abstract: TrainState,
@@ -301,7 +282,11 @@ def restore_or_init(
         state = init_state(jax.random.PRNGKey(seed))
         if init_params is None:
             return state
-        check_same_params_tree(init_params, abstract.params)
+        problems = params_mismatches(init_params, abstract.params, given_name="initial params")
+        if problems:
+            raise ValueError(
+                f"the initial params do not fit this stage's model: {'; '.join(problems[:3])}"
+            )
         placed = jax.tree_util.tree_map(
             lambda p, target: jax.device_put(np.asarray(p, target.dtype), target.sharding),
             init_params,

@@ -7,8 +7,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-from flax import struct
+from flax import struct, traverse_util
 from jax.sharding import Mesh
 
 from imagen_video_jax.parallel import Rules, logical_shardings, unbox
@@ -83,3 +84,28 @@ def sharded_state_init(
         shardings,
     )
     return init, shardings, abstract
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``{'a/b': shape}`` of a params tree of arrays, scalars or ``jax.ShapeDtypeStruct``s."""
+    return {k: np.shape(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+
+
+def params_mismatches(given: Any, model: Any, *, given_name: str, optional: str = "") -> list[str]:
+    """How the params tree ``given`` differs from the ``model``'s (trees of arrays or shape
+    structs): params the model lacks, model params ``given`` lacks (but those under the
+    ``optional`` prefix), and shapes that differ. Empty when ``given`` fits the model."""
+    given_shapes, model_shapes = _shapes(given), _shapes(model)
+    unknown = sorted(given_shapes.keys() - model_shapes.keys())
+    missing = sorted(
+        k
+        for k in model_shapes.keys() - given_shapes.keys()
+        if not (optional and k.startswith(optional))
+    )
+    wrong = sorted(
+        k for k in given_shapes.keys() & model_shapes.keys() if given_shapes[k] != model_shapes[k]
+    )
+    problems = [f"params the model lacks: {unknown[:3]}"] if unknown else []
+    problems += [f"params the {given_name} lacks: {missing[:3]}"] if missing else []
+    problems += [f"{k} has shape {given_shapes[k]}, the model's {model_shapes[k]}" for k in wrong]
+    return problems
