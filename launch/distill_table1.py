@@ -380,6 +380,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-distill", action="store_true", help="use the students already in <workdir>/students"
     )
+    parser.add_argument(
+        "--distill-only",
+        action="store_true",
+        help="distill the stages and stop (a later run resumes them, then evaluates and times)",
+    )
     parser.add_argument("--num-samples", type=int, default=40, help="evaluation prompts")
     parser.add_argument("--eval-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs a batch size")
@@ -428,6 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     running = (
         {} if args.skip_distill else {s: students.submit(distill_stage, args, s) for s in stages}
     )
+    if args.distill_only:
+        for stage, future in running.items():
+            log(f"{stage}: {future.result():.0f} s")
+        return 0
 
     from imagen_video_jax.bench.measure import device_description
     from imagen_video_jax.eval.cascade_eval import CachedTextEncoder
