@@ -44,6 +44,9 @@ def test_floor_of_a_matmul_is_its_hand_counted_flops_over_the_peak():
     b = jax.ShapeDtypeStruct((k, n), jnp.float32)
     flops = measure.cpu_compiled_flops(lambda x, y: x @ y, a, b)
     assert flops == 2 * m * k * n
+    # bytes: both float32 operands read and the product written once
+    cost = measure.cpu_cost_analysis(lambda x, y: x @ y, a, b)
+    assert cost == {"flops": flops, "bytes": 4 * (m * k + k * n + m * n)}
     # batch 3, two guidance branches, 5 DDIM steps (5 model evaluations), at 2 TFLOP/s
     evaluations = sample.model_evaluations("ddim", 5)
     assert evaluations == 5

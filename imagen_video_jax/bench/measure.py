@@ -82,11 +82,13 @@ def matmul_peak_tflops(n: int = 8192, dtype: jnp.dtype = jnp.bfloat16, iters: in
     return 2 * n**3 / seconds / 1e12
 
 
-def cpu_compiled_flops(fn: Callable, *abstract_args: Any) -> float:
-    """FLOPs of ``fn`` from XLA's cost analysis of a compile for the CPU backend.
+def cpu_cost_analysis(fn: Callable, *abstract_args: Any) -> dict[str, float]:
+    """``{"flops", "bytes"}`` of ``fn`` from XLA's cost analysis of a compile for the CPU backend.
 
-    A GPU compile's cost analysis leaves out convolutions that run in cuDNN, so the count
-    comes from the CPU compile of the same function; nothing is executed.
+    A GPU compile's cost analysis leaves out convolutions that run in cuDNN, so the counts
+    come from the CPU compile of the same function; nothing is executed. ``bytes`` (operands
+    and outputs of every fused op) estimates memory traffic: XLA:GPU fuses more, so it is an
+    upper estimate there.
     """
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     args = jax.tree.map(
@@ -95,7 +97,12 @@ def cpu_compiled_flops(fn: Callable, *abstract_args: Any) -> float:
     analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0]
-    return float(analysis["flops"])
+    return {"flops": float(analysis["flops"]), "bytes": float(analysis["bytes accessed"])}
+
+
+def cpu_compiled_flops(fn: Callable, *abstract_args: Any) -> float:
+    """FLOPs of ``fn`` from XLA's cost analysis of a compile for the CPU backend."""
+    return cpu_cost_analysis(fn, *abstract_args)["flops"]
 
 
 def floor_seconds(flops: float, peak_tflops: float) -> float:

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imagen_video_jax.bench import measure
+from imagen_video_jax.bench.sample import model_call_cost, model_evaluations
 from imagen_video_jax.cascade.cascade import RANDOM_INIT_STD, stage_keys
 from imagen_video_jax.cascade.checkpoints import to_plain
 from imagen_video_jax.cascade.sampler import StageSampler
@@ -269,6 +270,20 @@ def encode_text(encoder: Mapping[str, Any], t5: T5Config, seed: int) -> tuple[An
     return text, mask, record
 
 
+def bfloat16_call_cost(config: dict) -> dict[str, float]:
+    """FLOPs and estimated bytes of one bfloat16 model call of the stage on one example.
+
+    Counted on the float32 model: the CPU compiles bfloat16 convolutions and matmuls through
+    float32 conversions, which would add traffic that a GPU does not have. The bfloat16 traffic is
+    taken as half the float32 bytes (activations and params at half the width).
+    """
+    f32 = {**config, "model": {**config["model"], "dtype": "float32"}}
+    params = nn.meta.unbox(abstract_params(f32["model"]))
+    sampler = StageSampler(f32)
+    cost = model_call_cost(f32, sampler.spec, sampler.model, params)
+    return {"flops": cost["flops"], "bytes": cost["bytes"] / 2}
+
+
 def sample_stage(config: dict, text: Any, mask: Any, cond: Any, seed: int) -> tuple[Any, dict]:
     """One stage: params drawn on the device, the loop compiled and run once (timed apart),
     params dropped. Returns the stage's uint8 video and its record."""
@@ -276,6 +291,7 @@ def sample_stage(config: dict, text: Any, mask: Any, cond: Any, seed: int) -> tu
     settings = SamplingSettings.from_config(config)
     position = STAGE_ORDER.index(sampler.spec.name)
     abstract = nn.meta.unbox(abstract_params(config["model"]))
+    cost = bfloat16_call_cost(config)
     params, init_s = timed(lambda: random_device_params(abstract, seed + position))
     keys = stage_keys(np.asarray([seed]), position)
     (compiled, args), compile_s = timed_compile(
@@ -283,6 +299,7 @@ def sample_stage(config: dict, text: Any, mask: Any, cond: Any, seed: int) -> tu
     )
     video, sample_s = timed(lambda: compiled(*args))
     spec = sampler.spec
+    calls = model_evaluations(settings.sampler, settings.num_steps)
     record = {
         "stage": spec.name,
         "shape": f"{spec.frames}x{spec.height}x{spec.width}",
@@ -295,6 +312,11 @@ def sample_stage(config: dict, text: Any, mask: Any, cond: Any, seed: int) -> tu
         "compile_s": compile_s,
         "sample_s": sample_s,
         "s_per_step": sample_s / settings.num_steps,
+        # One model call on one example, from the CPU compile's cost analysis: the compute
+        # and memory-traffic floors of a step are these over the device's peaks.
+        "tflop_per_call": cost["flops"] / 1e12,
+        "gb_per_call": cost["bytes"] / 1e9,
+        "tflops": cost["flops"] * calls / sample_s / 1e12,
         **xla_memory_gib(compiled),
         "peak_gib": measure.peak_memory_gib(),
     }
@@ -436,5 +458,6 @@ def main(args: argparse.Namespace) -> int:
     if layouts:
         measure.print_table(layouts, ("layer", "shape", "ms", "tflops"))
     columns = ("stage", "shape", "params", "layer_chunk", "init_s", "compile_s", "sample_s")
-    measure.print_table(records, (*columns, "s_per_step", "xla_temp_gib", "peak_gib"))
+    costs = ("tflop_per_call", "gb_per_call", "tflops")
+    measure.print_table(records, (*columns, "s_per_step", *costs, "xla_temp_gib", "peak_gib"))
     return 0

@@ -124,15 +124,15 @@ def guidance_branches(stage: CascadeStage, settings: SamplingSettings) -> int:
     return 2 if guidance_mode(stage.config, settings.guidance_weights()) == "cfg" else 1
 
 
-def model_call_flops(stage: CascadeStage) -> float:
-    """FLOPs of one model call on one example at the stage's sampling shapes, from the cost
-    analysis of the call compiled for the CPU (model FLOPs are linear in the batch)."""
-    spec, model = stage.spec, stage.sampler.model
-    length = int(stage.config["text_encoder"]["max_length"])
+def model_call_cost(config: Any, spec: Any, model: Any, params: Any) -> dict[str, float]:
+    """``{"flops", "bytes"}`` of one model call on one example at the stage's sampling shapes
+    (``params`` may be abstract), from the cost analysis of the call compiled for the CPU
+    (model FLOPs are linear in the batch)."""
+    length = int(config["text_encoder"]["max_length"])
 
     def inputs() -> dict[str, jax.Array]:
         made = example_inputs(
-            stage.config["model"],
+            config["model"],
             frames=spec.frames,
             height=spec.height,
             width=spec.width,
@@ -143,10 +143,15 @@ def model_call_flops(stage: CascadeStage) -> float:
         return made
 
     abstract_inputs = jax.eval_shape(inputs)
-    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stage.params)
-    return measure.cpu_compiled_flops(
+    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    return measure.cpu_cost_analysis(
         lambda params, kw: model.apply({"params": params}, **kw), abstract_params, abstract_inputs
     )
+
+
+def model_call_flops(stage: CascadeStage) -> float:
+    """FLOPs of one model call of a loaded cascade stage on one example."""
+    return model_call_cost(stage.config, stage.spec, stage.sampler.model, stage.params)["flops"]
 
 
 def stage_floor_seconds(
