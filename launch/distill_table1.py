@@ -28,8 +28,11 @@ model input (one model call a step).
 
 Every record is printed as a JSON line and written to ``<workdir>/table1.jsonl``; the tables
 (per stage, and end to end beside the paper's row) go to ``<workdir>/table1.md`` and stdout.
-The defaults are a short schedule (--steps-per-round 150, batch 8) that takes about six minutes
-on one H200; longer rounds give students closer to their teachers.
+The defaults are a short schedule (--steps-per-round 150, batch 8). Its distillation takes at
+least 5.5 minutes on one H200, set by ssr3 (about 160 s to compile, then 4.6 steps/s for 750
+steps; docs/PERFORMANCE.md), and the evaluation and timing of both cascades come after it.
+Longer rounds give students closer to their teachers. Leave XLA's autotuning on: without it
+(``--xla_gpu_autotune_level=0``) the students trained two orders of magnitude slower.
 """
 
 from __future__ import annotations
