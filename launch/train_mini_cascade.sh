@@ -159,6 +159,6 @@ echo "=== exporting to ${OUT}"
 python -m imagen_video_jax.cascade.export --checkpoints "$WORKDIR" --out "$OUT" \
   --dtype float16 --max-mb "$MAX_MB" \
   --demo-stop-after "$DEMO_STOP_AFTER" --demo-steps "$DEMO_STEPS" \
-  --demo-prompt "a handwritten 7 moving up and to the left"
+  --demo-prompt "a handwritten 2 moving up and to the right"
 du -sh "$OUT"
 echo "=== done: try it with  imagen-video demo"

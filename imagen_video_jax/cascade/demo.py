@@ -24,7 +24,7 @@ from imagen_video_jax.cascade.cli import (
     write_all,
 )
 
-DEFAULT_PROMPT = "a handwritten 7 moving up and to the left"
+DEFAULT_PROMPT = "a handwritten 2 moving up and to the right"
 DEMO_FILE = "demo.json"
 # Without demo.json: stop at the last stage with at most this many pixels in all
 # (frames x height x width), and this many steps per stage (distilled stages keep their own).
