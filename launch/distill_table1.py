@@ -380,10 +380,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="more config overrides for every stage's distillation",
     )
-    parser.add_argument(
+    students = parser.add_mutually_exclusive_group()
+    students.add_argument(
         "--skip-distill", action="store_true", help="use the students already in <workdir>/students"
     )
-    parser.add_argument(
+    students.add_argument(
         "--distill-only",
         action="store_true",
         help="distill the stages and stop (a later run resumes them, then evaluates and times)",
