@@ -10,7 +10,8 @@ import pytest
 
 from imagen_video_jax.bench.measure import CompileCounter
 from imagen_video_jax.cascade import Cascade
-from imagen_video_jax.cascade.specs import SamplingSettings
+from imagen_video_jax.cascade.cascade import example_seeds, stage_keys
+from imagen_video_jax.cascade.specs import SamplingSettings, apply_overrides
 from imagen_video_jax.config import load_config
 
 OVERRIDES = ["model.dtype=float32"]
@@ -137,6 +138,33 @@ def test_distilled_student_takes_the_weight_as_input():
     b = student.sample(PROMPTS, seed=0, guidance_weight=4.0, progress=False)
     assert a.shape == (2, 2, 8, 8, 3) and not np.array_equal(a, b)
     assert student.trace_counts == {"base": 1}
+
+
+def _compiled_base_loop(cascade):
+    stage = cascade.stages["base"]
+    text, mask = cascade.encode(PROMPTS)
+    keys = stage_keys(example_seeds(3, len(PROMPTS)), 0)
+    settings = apply_overrides(stage.settings, num_steps=STEPS, guidance_weight=W)
+    compiled, _ = stage.sampler.compile(stage.params, keys, text, mask, None, settings)
+    return compiled.as_text()
+
+
+def test_only_a_progress_listener_puts_host_callbacks_in_the_loop(cascade):
+    """Timed sampling (no listener) compiles a loop without host callbacks, which on a GPU
+    synchronise with the host at every step; a listener gets every step, same videos."""
+    assert "callback" not in _compiled_base_loop(cascade)
+    quiet = sample(cascade, stop_after="base")
+    stage = cascade.stages["base"]
+    reported = []
+    stage.sampler.progress = lambda step, num_steps: reported.append((step, num_steps))
+    try:
+        assert "callback" in _compiled_base_loop(cascade)
+        loud = cascade.sample_stage("base", PROMPTS, seed=3, num_steps=STEPS, guidance_weight=W)
+        jax.effects_barrier()
+    finally:
+        stage.sampler.progress = None
+    np.testing.assert_array_equal(loud, quiet)
+    assert sorted(set(reported)) == [(step, STEPS) for step in range(1, STEPS + 1)]
 
 
 @pytest.mark.parametrize(

@@ -110,16 +110,21 @@ class StageSampler:
         return self._loop(settings, mode), args
 
     def _loop(self, settings: SamplingSettings, mode: str) -> Callable:
-        """The jitted batch loop for these static settings (built once, then reused)."""
+        """The jitted batch loop for these static settings (built once, then reused). Only
+        while a progress listener is set does the loop call back to the host at every step:
+        on a GPU each callback synchronises with the host, milliseconds a step that would
+        dominate a small stage's 8 steps."""
+        reports = self.progress is not None
         static = (
             settings.sampler,
             settings.num_steps,
             settings.dynamic_threshold,
             settings.cond_aug_logsnr,
             mode,
+            reports,
         )
         if static not in self._compiled:
-            self._compiled[static] = jax.jit(self._batch_loop(settings, mode))
+            self._compiled[static] = jax.jit(self._batch_loop(settings, mode, reports))
         return self._compiled[static]
 
     def _report(self, step: int, num_steps: int) -> None:
@@ -127,8 +132,8 @@ class StageSampler:
         if self.progress is not None:
             self.progress(step, num_steps)
 
-    def _batch_loop(self, settings: SamplingSettings, mode: str) -> Callable:
-        one = self._example_loop(settings, mode)
+    def _batch_loop(self, settings: SamplingSettings, mode: str, reports: bool) -> Callable:
+        one = self._example_loop(settings, mode, reports)
 
         def loop(params, keys, text, text_mask, cond, weights):
             self.trace_count += 1
@@ -138,8 +143,9 @@ class StageSampler:
 
         return loop
 
-    def _example_loop(self, settings: SamplingSettings, mode: str) -> Callable:
-        """Sampling of one example (arrays without a batch axis; the model sees batch 1)."""
+    def _example_loop(self, settings: SamplingSettings, mode: str, reports: bool) -> Callable:
+        """Sampling of one example (arrays without a batch axis; the model sees batch 1), with
+        a progress callback at every step when ``reports``."""
         sample = get_sampler(settings.sampler)
         percentile = settings.dynamic_threshold
         x_transform = (lambda x: dynamic_threshold(x, percentile)) if percentile > 0 else None
@@ -161,7 +167,7 @@ class StageSampler:
                 schedule=self.schedule,
                 prediction=self.prediction,
                 x_transform=x_transform,
-                progress=self._report,
+                progress=self._report if reports else None,
             )
             return video_to_uint8(x[0])
 
