@@ -8,7 +8,10 @@
 Each table trains its model(s) with configs/vdm.py (a run resumes, or is skipped when its
 checkpoint is complete, in ``<out>/<table>/<variant>/base``), samples ``--num-samples`` videos
 with the EMA params and scores them against as many test clips: FVD and KVD (I3D features), and
-for Table 5 caption accuracy when the caption classifier's weights are found. Every row is
+for Table 5 caption accuracy when the caption classifier's weights are found. Each table's
+first row, "real clips", scores the next ``--num-samples`` test clips as if they were samples:
+FVD between two samples of the data itself, below which differences between rows are sampling
+noise (``--reference-only`` makes that row alone, without training). Every row is
 printed as one JSON line and appended to ``<out>/<table>.jsonl``; the table of every row there,
 with commands, seeds, device and run times, is printed last as markdown and written to
 ``<out>/<table>.md`` (train_s: that invocation's training, near 0 when it found the checkpoint
@@ -228,13 +231,21 @@ def extend_clips(
 # ----------------------------------------------------------------------------- metrics
 
 
-def real_clips(config: Any, count: int, frames: int | None = None) -> dict[str, np.ndarray]:
-    """The first ``count`` test clips ('video' uint8, 'caption') at the config's shape, or
-    ``frames`` long."""
+# Key of the row that scores real test clips (the next ``num_samples``, disjoint from the
+# reference set) as if they were samples: FVD's reading between two samples of the data itself,
+# the floor below which differences between rows are sampling noise.
+REAL = "real clips"
+
+
+def real_clips(
+    config: Any, count: int, frames: int | None = None, start: int = 0
+) -> dict[str, np.ndarray]:
+    """``count`` test clips from ``start`` ('video' uint8, 'caption') at the config's shape,
+    or ``frames`` long."""
     if frames is not None:
         config = config.copy_and_resolve_references()
         config.stage.frames = frames
-    return make_eval_source(config, "test").batch(range(count))
+    return make_eval_source(config, "test").batch(range(start, start + count))
 
 
 def distances(real_features: np.ndarray, fake: np.ndarray) -> dict[str, float]:
@@ -346,9 +357,11 @@ def table4(args: argparse.Namespace) -> None:
     first = make_config(args, images=args.images[0], cond=args.cond)
     real = real_clips(first, args.num_samples)
     real_features = i3d_features(real["video"])
+    second = real_clips(first, args.num_samples, start=args.num_samples)
+    report.add({"images": REAL, **distances(real_features, second["video"])})
     cache = open_text_cache(args.text_cache, first)
     prompts = Prompts(first, cache)
-    for images in args.images:
+    for images in [] if args.reference_only else args.images:
         config = make_config(args, images=images, cond=args.cond)
         params, train_s = train_model(config, args.out / "table4" / f"images{images}", cache)
         start = time.perf_counter()
@@ -391,11 +404,16 @@ def table5(args: argparse.Namespace) -> None:
     classifier = load_classifier(args.classifier) if Path(args.classifier).is_file() else None
     if classifier is None:
         log(f"no caption classifier at {args.classifier}: caption accuracy is left out")
+    second = real_clips(config, args.num_samples, start=args.num_samples)
+    scores = caption_scores(second["video"], list(second["caption"]), classifier)
+    report.add({"guidance": REAL, **distances(real_features, second["video"]), **scores})
+    weights = [] if args.reference_only else args.weights
     cache = open_text_cache(args.text_cache, config)
-    params, train_s = train_model(config, args.out / "table5" / f"{args.cond}", cache)
+    if weights:
+        params, train_s = train_model(config, args.out / "table5" / f"{args.cond}", cache)
     prompts = Prompts(config, cache)
     sampler = sampler_for(config, args)
-    for weight in args.weights:
+    for weight in weights:
         start = time.perf_counter()
         fake = sample_clips(
             sampler,
@@ -436,12 +454,24 @@ def table6(args: argparse.Namespace) -> None:
     real = real_clips(config, args.num_samples, frames=args.frames)
     real_features = i3d_features(real["video"])
     real_last = i3d_features(real["video"][:, -window:])
-    cache = open_text_cache(args.text_cache, config)
-    params, train_s = train_model(config, args.out / "table6" / f"{args.cond}", cache)
-    prompts = Prompts(config, cache)
+    second = real_clips(config, args.num_samples, frames=args.frames, start=args.num_samples)
+    report.add(
+        {
+            "method": REAL,
+            **distances(real_features, second["video"]),
+            "fvd_last_window": distances(real_last, second["video"][:, -window:])["fvd"],
+            "frames": args.frames,
+        }
+    )
     variants = [("replacement", 0.0)] if "replacement" in args.methods else []
     if "reconstruction" in args.methods:
         variants += [("reconstruction", w) for w in args.recon_weights]
+    if args.reference_only:
+        variants = []
+    cache = open_text_cache(args.text_cache, config)
+    if variants:
+        params, train_s = train_model(config, args.out / "table6" / f"{args.cond}", cache)
+    prompts = Prompts(config, cache)
     for method, weight in variants:
         start = time.perf_counter()
         fake = extend_clips(
@@ -531,6 +561,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--classifier", default=str(DEFAULT_WEIGHTS), help="table5: weights")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reference-only",
+        action="store_true",
+        help="only the real-clips row (FVD between two sets of test clips): no training",
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
