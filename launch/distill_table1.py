@@ -31,7 +31,9 @@ Every record is printed as a JSON line and written to ``<workdir>/table1.jsonl``
 The defaults are a short schedule (--steps-per-round 150, batch 8). Its distillation takes at
 least 5.5 minutes on one H200, set by ssr3 (about 160 s to compile, then 4.6 steps/s for 750
 steps; docs/PERFORMANCE.md), and the evaluation and timing of both cascades come after it.
-Longer rounds give students closer to their teachers. Leave XLA's autotuning on: without it
+Longer rounds give students closer to their teachers; ``--crop ssr3=128`` distils the
+largest stage (fully convolutional) on 128 x 128 crops, a quarter of the pixels of its 256 x 256
+training crops, so that it can afford them. Leave XLA's autotuning on: without it
 (``--xla_gpu_autotune_level=0``) the students trained two orders of magnitude slower.
 """
 
@@ -106,6 +108,8 @@ def distill_command(args: argparse.Namespace, stage: str) -> list[str]:
         "train.log_every": max(1, steps // 5),
         "train.checkpoint_every": steps,
     }
+    if stage in args.crop:  # a fully convolutional stage distilled on smaller crops
+        settings["data.crop_height"] = settings["data.crop_width"] = args.crop[stage]
     sets = [f"{key}={value}" for key, value in settings.items()] + list(args.set)
     return [
         sys.executable, "-m", "imagen_video_jax.cli", "distill",
@@ -371,6 +375,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="optimizer steps of every round, the guided one included",
     )
     parser.add_argument("--batch", type=int, default=8, help="global batch of distillation")
+    parser.add_argument(
+        "--crop",
+        action="append",
+        default=[],
+        metavar="STAGE=SIZE",
+        help="distil a fully convolutional stage on SIZE x SIZE crops (e.g. ssr3=128: 4x fewer "
+        "pixels a step than its 256 x 256 training crops); the student samples full frames",
+    )
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument(
@@ -394,6 +406,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs a batch size")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    args.crop = parse_crops(parser, args.crop)
     args.cascade = args.cascade.resolve()
     args.workdir = args.workdir.resolve()
     candidates = [args.text_cache] if args.text_cache else DEFAULT_TEXT_CACHES
@@ -407,6 +420,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         )
     args.text_cache = found[0].resolve()
     return args
+
+
+def parse_crops(parser: argparse.ArgumentParser, values: Sequence[str]) -> dict[str, int]:
+    """{stage: crop side} of the --crop STAGE=SIZE flags."""
+    crops = {}
+    for value in values:
+        stage, _, size = value.partition("=")
+        if not stage or not size.isdigit() or int(size) < 1:
+            parser.error(
+                f"--crop takes STAGE=SIZE with SIZE a positive int (ssr3=128); got {value!r}"
+            )
+        crops[stage] = int(size)
+    return crops
+
+
+def check_crops(crops: dict[str, int], stages: Sequence[str]) -> None:
+    """--crop may name only stages distilled here that have no attention (fully
+    convolutional: a student trained on crops samples full frames the same way)."""
+    from imagen_video_jax.stages import stage_spec
+
+    for stage in crops:
+        if stage not in stages:
+            raise SystemExit(f"--crop names {stage!r}, which is not distilled here ({stages})")
+        if not stage_spec(stage, "mini").fully_convolutional:
+            raise SystemExit(f"--crop {stage}: only fully convolutional stages train on crops")
 
 
 def evaluate(args: argparse.Namespace, cascade: Any) -> dict[str, dict]:
@@ -432,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(stages) - set(names))
     if unknown:
         raise SystemExit(f"--stages {unknown} are not in {args.cascade}, which holds {names}")
+    check_crops(args.crop, stages)
     started = time.perf_counter()
     students = concurrent.futures.ThreadPoolExecutor(len(stages))
     running = (
