@@ -377,9 +377,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8, help="global batch of distillation")
     parser.add_argument(
         "--crop",
-        action="append",
-        default=[],
-        metavar="STAGE=SIZE",
+        type=stage_crops,
+        default={},
+        metavar="STAGE=SIZE[,...]",
         help="distil a fully convolutional stage on SIZE x SIZE crops (e.g. ssr3=128: 4x fewer "
         "pixels a step than its 256 x 256 training crops); the student samples full frames",
     )
@@ -406,7 +406,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs a batch size")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    args.crop = parse_crops(parser, args.crop)
     args.cascade = args.cascade.resolve()
     args.workdir = args.workdir.resolve()
     candidates = [args.text_cache] if args.text_cache else DEFAULT_TEXT_CACHES
@@ -422,16 +421,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def parse_crops(parser: argparse.ArgumentParser, values: Sequence[str]) -> dict[str, int]:
-    """{stage: crop side} of the --crop STAGE=SIZE flags."""
-    crops = {}
-    for value in values:
-        stage, _, size = value.partition("=")
-        if not stage or not size.isdigit() or int(size) < 1:
-            parser.error(
-                f"--crop takes STAGE=SIZE with SIZE a positive int (ssr3=128); got {value!r}"
-            )
-        crops[stage] = int(size)
+def stage_crops(text: str) -> dict[str, int]:
+    """--crop's ``ssr3=128[,STAGE=SIZE...]`` -> ``{stage: crop side}`` (stage names checked by
+    the CLI's own per-stage parser)."""
+    from imagen_video_jax.cascade.cli import per_stage_value
+
+    message = f"takes STAGE=SIZE pairs with SIZE a positive int (ssr3=128); got {text!r}"
+    try:
+        crops = per_stage_value(text, int)
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if not isinstance(crops, dict) or min(crops.values()) < 1:
+        raise argparse.ArgumentTypeError(message)
     return crops
 
 

@@ -52,8 +52,13 @@ def _sets(command):
 
 
 def test_table1_crops_reach_only_the_stage_named(distill_table1, tmp_path):
+    assert _table1_args(distill_table1, tmp_path).crop == {}
     args = _table1_args(distill_table1, tmp_path, "--crop", "ssr3=128")
     assert args.crop == {"ssr3": 128}
+    assert _table1_args(distill_table1, tmp_path, "--crop", "ssr3=128,tsr3=64").crop == {
+        "ssr3": 128,
+        "tsr3": 64,
+    }
     ssr3 = _sets(distill_table1.distill_command(args, "ssr3"))
     assert "data.crop_height=128" in ssr3 and "data.crop_width=128" in ssr3
     assert not any(
@@ -61,11 +66,23 @@ def test_table1_crops_reach_only_the_stage_named(distill_table1, tmp_path):
     )
 
 
-@pytest.mark.parametrize("value", ["ssr3", "ssr3=", "=128", "ssr3=-4", "ssr3=big"])
-def test_table1_refuses_malformed_crops(distill_table1, tmp_path, value, capsys):
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("128", "positive int"),
+        ("ssr3", "positive int"),
+        ("ssr3=", "positive int"),
+        ("ssr3=-4", "positive int"),
+        ("ssr3=big", "positive int"),
+        ("=128", "STAGE one of"),
+        ("ssr9=128", "STAGE one of"),
+    ],
+)
+def test_table1_refuses_malformed_crops(distill_table1, tmp_path, value, message, capsys):
     with pytest.raises(SystemExit):
         _table1_args(distill_table1, tmp_path, "--crop", value)
-    assert "--crop takes STAGE=SIZE" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "argument --crop" in err and "STAGE=" in err and message in err
 
 
 def test_table1_crops_only_fully_convolutional_stages_it_distills(distill_table1):

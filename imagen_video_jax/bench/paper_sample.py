@@ -39,6 +39,7 @@ from imagen_video_jax.cascade.checkpoints import to_plain
 from imagen_video_jax.cascade.sampler import StageSampler
 from imagen_video_jax.cascade.specs import SamplingSettings, spec_from_config
 from imagen_video_jax.config import load_config
+from imagen_video_jax.models import VideoUNet
 from imagen_video_jax.models.layers import TemporalConv, conv
 from imagen_video_jax.models.params import abstract_params
 from imagen_video_jax.models.t5 import T5_CONFIGS, T5Config, T5Encoder
@@ -270,8 +271,9 @@ def encode_text(encoder: Mapping[str, Any], t5: T5Config, seed: int) -> tuple[An
     return text, mask, record
 
 
-def bfloat16_call_cost(config: dict) -> dict[str, float]:
-    """FLOPs and estimated bytes of one bfloat16 model call of the stage on one example.
+def bfloat16_call_cost(config: dict, spec: Any) -> dict[str, float]:
+    """FLOPs and estimated bytes of one bfloat16 model call of the stage on one example at
+    ``spec``'s sampling shapes.
 
     Counted on the float32 model: the CPU compiles bfloat16 convolutions and matmuls through
     float32 conversions, which would add traffic that a GPU does not have. The bfloat16 traffic is
@@ -279,8 +281,7 @@ def bfloat16_call_cost(config: dict) -> dict[str, float]:
     """
     f32 = {**config, "model": {**config["model"], "dtype": "float32"}}
     params = nn.meta.unbox(abstract_params(f32["model"]))
-    sampler = StageSampler(f32)
-    cost = model_call_cost(f32, sampler.spec, sampler.model, params)
+    cost = model_call_cost(f32, spec, VideoUNet.from_config(f32["model"]), params)
     return {"flops": cost["flops"], "bytes": cost["bytes"] / 2}
 
 
@@ -291,7 +292,7 @@ def sample_stage(config: dict, text: Any, mask: Any, cond: Any, seed: int) -> tu
     settings = SamplingSettings.from_config(config)
     position = STAGE_ORDER.index(sampler.spec.name)
     abstract = nn.meta.unbox(abstract_params(config["model"]))
-    cost = bfloat16_call_cost(config)
+    cost = bfloat16_call_cost(config, sampler.spec)
     params, init_s = timed(lambda: random_device_params(abstract, seed + position))
     keys = stage_keys(np.asarray([seed]), position)
     (compiled, args), compile_s = timed_compile(
