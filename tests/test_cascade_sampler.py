@@ -214,3 +214,13 @@ def test_a_stage_fed_the_wrong_shape_names_it(cascade):
 def test_a_prompt_longer_than_the_encoder_takes_is_cut_with_a_warning(cascade):
     with pytest.warns(UserWarning, match="prompt 1 fills all 32 tokens"):
         cascade.encode(["a handwritten 4", "a handwritten 4 moving left " * 10])
+
+
+def test_stage_keys_fold_each_seed_with_the_stage_position():
+    """The compiled key derivation gives each example the key the eager formula gives it."""
+    seeds = example_seeds([0, 7, 123456789], 3)
+    keys = stage_keys(seeds, 4)
+    for seed, key in zip(seeds, keys):
+        expected = jax.random.fold_in(jax.random.key(int(seed)), 4)
+        np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(expected))
+    assert not np.array_equal(jax.random.key_data(stage_keys(seeds, 5)), jax.random.key_data(keys))
