@@ -31,9 +31,10 @@ Every record is printed as a JSON line and written to ``<workdir>/table1.jsonl``
 The defaults are a short schedule (--steps-per-round 150, batch 8). Its distillation takes at
 least 5.5 minutes on one H200, set by ssr3 (about 160 s to compile, then 4.6 steps/s for 750
 steps; docs/PERFORMANCE.md), and the evaluation and timing of both cascades come after it.
-Longer rounds give students closer to their teachers; ``--crop ssr3=128`` distils the
-largest stage (fully convolutional) on 128 x 128 crops, a quarter of the pixels of its 256 x 256
-training crops, so that it can afford them. Leave XLA's autotuning on: without it
+Longer rounds give students closer to their teachers (docs/RESULTS.md: 400 steps a round).
+Every stage is distilled on its training crops: ssr3 distilled on smaller crops lost most of
+its caption accuracy (likely: GroupNorm statistics over a crop are not a whole frame's). Leave
+XLA's autotuning on: without it
 (``--xla_gpu_autotune_level=0``) the students trained two orders of magnitude slower.
 """
 
@@ -108,8 +109,6 @@ def distill_command(args: argparse.Namespace, stage: str) -> list[str]:
         "train.log_every": max(1, steps // 5),
         "train.checkpoint_every": steps,
     }
-    if stage in args.crop:  # a fully convolutional stage distilled on smaller crops
-        settings["data.crop_height"] = settings["data.crop_width"] = args.crop[stage]
     sets = [f"{key}={value}" for key, value in settings.items()] + list(args.set)
     return [
         sys.executable, "-m", "imagen_video_jax.cli", "distill",
@@ -375,14 +374,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="optimizer steps of every round, the guided one included",
     )
     parser.add_argument("--batch", type=int, default=8, help="global batch of distillation")
-    parser.add_argument(
-        "--crop",
-        type=stage_crops,
-        default={},
-        metavar="STAGE=SIZE[,...]",
-        help="distil a fully convolutional stage on SIZE x SIZE crops (e.g. ssr3=128: 4x fewer "
-        "pixels a step than its 256 x 256 training crops); the student samples full frames",
-    )
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument(
@@ -421,33 +412,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def stage_crops(text: str) -> dict[str, int]:
-    """--crop's ``ssr3=128[,STAGE=SIZE...]`` -> ``{stage: crop side}`` (stage names checked by
-    the CLI's own per-stage parser)."""
-    from imagen_video_jax.cascade.cli import per_stage_value
-
-    message = f"takes STAGE=SIZE pairs with SIZE a positive int (ssr3=128); got {text!r}"
-    try:
-        crops = per_stage_value(text, int)
-    except ValueError:
-        raise argparse.ArgumentTypeError(message) from None
-    if not isinstance(crops, dict) or min(crops.values()) < 1:
-        raise argparse.ArgumentTypeError(message)
-    return crops
-
-
-def check_crops(crops: dict[str, int], stages: Sequence[str]) -> None:
-    """--crop may name only stages distilled here that have no attention (fully
-    convolutional: a student trained on crops samples full frames the same way)."""
-    from imagen_video_jax.stages import stage_spec
-
-    for stage in crops:
-        if stage not in stages:
-            raise SystemExit(f"--crop names {stage!r}, which is not distilled here ({stages})")
-        if not stage_spec(stage, "mini").fully_convolutional:
-            raise SystemExit(f"--crop {stage}: only fully convolutional stages train on crops")
-
-
 def evaluate(args: argparse.Namespace, cascade: Any) -> dict[str, dict]:
     from imagen_video_jax.eval.cascade_eval import evaluate_cascade
 
@@ -471,7 +435,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(stages) - set(names))
     if unknown:
         raise SystemExit(f"--stages {unknown} are not in {args.cascade}, which holds {names}")
-    check_crops(args.crop, stages)
     started = time.perf_counter()
     students = concurrent.futures.ThreadPoolExecutor(len(stages))
     running = (
