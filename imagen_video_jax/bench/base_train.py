@@ -26,11 +26,12 @@ CONFIG = "configs/bench_base_train.py"
 
 
 def bench_config(
-    batch_per_device: int, *, remat: str = "none", fsdp: bool = False
+    batch_per_device: int, *, remat: str = "none", fsdp: bool = False, attention: str = "auto"
 ) -> ml_collections.ConfigDict:
     """configs/bench_base_train.py at one batch size per device."""
     mesh = "fsdp" if fsdp else "data"
-    return load_config(f"{CONFIG}:batch={batch_per_device},remat={remat},mesh={mesh}")
+    options = f"batch={batch_per_device},remat={remat},mesh={mesh},attention={attention}"
+    return load_config(f"{CONFIG}:{options}")
 
 
 class TrainBench:
@@ -70,6 +71,7 @@ class TrainBench:
 def step_flops(config: ml_collections.ConfigDict) -> float:
     """Model FLOPs of one train step (per global batch) from the CPU compile's cost analysis."""
     cpu_config = config.copy_and_resolve_references()
+    cpu_config.model.attention_impl = "xla"  # the same products; no fused GPU kernels on the CPU
     cpu = [jax.devices("cpu")[0]]
     train_step = measure.TrainStep.build(
         cpu_config, make_mesh(_single_device_mesh(cpu_config.mesh), cpu)
@@ -96,13 +98,14 @@ def run(
     iters: int = 20,
     remat: str = "none",
     fsdp: bool = False,
+    attention: str = "auto",
     profile_dir: str | None = None,
 ) -> list[dict[str, Any]]:
     """The whole benchmark; returns the records it printed."""
     info = measure.device_description()
     peak = measure.matmul_peak_tflops()
     records = [measure.emit({"bench": "matmul_peak", "tflops": peak, **info})]
-    config = bench_config(batch_per_device, remat=remat, fsdp=fsdp)
+    config = bench_config(batch_per_device, remat=remat, fsdp=fsdp, attention=attention)
     params = count_params(config.model)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         # The CPU compile that counts FLOPs overlaps the accelerator timing.
@@ -130,21 +133,27 @@ def run(
                 "compiled_gib": bench.memory_gib(),
                 "remat": config.model.remat,
                 "fsdp": fsdp,
+                "attention": attention,
                 **info,
             }
         )
     )
     del bench
     for batch in fit_batches:
-        records.append(measure.emit(_fit_record(batch, remat, fsdp, info)))
+        records.append(
+            measure.emit(
+                _fit_record(bench_config(batch, remat=remat, fsdp=fsdp, attention=attention), info)
+            )
+        )
     return records
 
 
-def _fit_record(batch: int, remat: str, fsdp: bool, info: dict) -> dict[str, Any]:
-    """Whether one step at ``batch`` per device runs, and how long it takes."""
+def _fit_record(config: ml_collections.ConfigDict, info: dict) -> dict[str, Any]:
+    """Whether one step of ``config`` (a batch per device) runs, and how long it takes."""
+    batch = config.data.batch_size // jax.device_count()
     record = {"bench": "base_train_fit", "batch_per_device": batch, **info}
     try:
-        bench = TrainBench(bench_config(batch, remat=remat, fsdp=fsdp))
+        bench = TrainBench(config)
         seconds = measure.median_step_seconds(bench.step, warmup=2, iters=5)
         record.update(fits=True, step_ms=seconds * 1e3, clips_per_s=batch / seconds)
         record["compiled_gib"] = bench.memory_gib()
@@ -157,6 +166,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="clips per device")
     parser.add_argument("--remat", default="none", choices=("none", "block", "dots"))
     parser.add_argument("--mesh", default="data", choices=("data", "fsdp"))
+    parser.add_argument(
+        "--attention",
+        default="auto",
+        choices=("auto", "xla", "cudnn"),
+        help="attention kernels (cudnn: fused spatial and temporal attention; GPU only)",
+    )
     parser.add_argument(
         "--fit",
         default="16,32,64",
@@ -176,6 +191,7 @@ def main(args: argparse.Namespace) -> int:
         iters=args.iters,
         remat=args.remat,
         fsdp=args.mesh == "fsdp",
+        attention=args.attention,
         profile_dir=args.profile,
     )
     columns = ("bench", "batch", "batch_per_device", "step_ms", "clips_per_s", "tflops", "mfu")

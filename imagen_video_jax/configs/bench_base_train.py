@@ -1,4 +1,5 @@
-"""bench-base-train of BENCHMARKS.md: ``configs/bench_base_train.py:batch=8,remat=none,mesh=data``.
+"""bench-base-train of BENCHMARKS.md:
+``configs/bench_base_train.py:batch=8,remat=none,mesh=data,attention=auto``.
 
 The base stage of the mini cascade with the benchmark's U-Net (width 128, multipliers
 (1, 2, 4, 8), about 250M parameters), 16-frame 64x64 clips and 64 text tokens of width 768.
@@ -16,6 +17,7 @@ DEFAULTS = {
     "batch": "8",  # clips per device
     "remat": "none",  # none | block | dots
     "mesh": "data",  # data: data parallel | fsdp: parameters sharded over all devices
+    "attention": "auto",  # attention kernels: auto | xla | cudnn (model.attention_impl)
 }
 
 
@@ -24,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = imagen_video.get_config("stage=base,size=mini")
     config.model = imagen_video.bench_base_train_model_config()
     config.model.remat = args["remat"]
+    config.model.attention_impl = args["attention"]
     config.stage.frames, config.stage.height, config.stage.width = 16, 64, 64
     config.text_encoder.max_length = 64  # precomputed text tokens of width 768
     config.text_encoder.dim = 768

@@ -99,6 +99,7 @@ class TemporalAttention(nn.Module):
     groups: int
     dtype: jnp.dtype
     max_distance: int = 32
+    implementation: str | None = None  # "cudnn": a fused kernel (fused_frame_attention)
 
     @nn.compact
     def __call__(self, x: jax.Array, video_frames: jax.Array | None = None) -> jax.Array:
@@ -109,9 +110,12 @@ class TemporalAttention(nn.Module):
             heads, self.head_dim, self.dtype, parts=3, name="qkv", in_axis="embed"
         )(h.reshape(b, t, height * width, c))
         mask = None if video_frames is None else temporal_attention_mask(video_frames)
-        out = frame_attention(
-            *(qkv[:, :, :, i] for i in range(3)), self._relative_position_bias(heads, t), mask
-        )
+        q, k, v = (qkv[:, :, :, i] for i in range(3))
+        bias = self._relative_position_bias(heads, t)
+        if self.implementation == "cudnn":
+            out = fused_frame_attention(q, k, v, bias, mask, self.implementation)
+        else:
+            out = frame_attention(q, k, v, bias, mask)
         out = output_projection(c, self.dtype)(out).reshape(x.shape)
         if video_frames is not None:
             out = out * frame_gate(video_frames, out.dtype)
@@ -161,6 +165,31 @@ def frame_attention(
         logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bpnts,bspnd->btpnd", probs, v)
+
+
+def fused_frame_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array,
+    mask: jax.Array | None,
+    implementation: str | None,
+) -> jax.Array:
+    """:func:`frame_attention` through ``jax.nn.dot_product_attention``: the P pixels folded
+    into the heads ([B, T, P*heads, d], a free reshape of the video layout), so that a fused
+    kernel (cuDNN's, which reads this [B, T, N, d] layout as it is) needs no transposes. The
+    bias is tiled over the pixels ([1, P*heads, T, T]); softmax in float32 inside the kernel.
+    """
+    b, t, p, n, d = q.shape
+    folded = [x.reshape(b, t, p * n, d) for x in (q, k, v)]
+    tiled = jnp.broadcast_to(bias.astype(q.dtype), (p, n, t, t)).reshape(1, p * n, t, t)
+    out = jax.nn.dot_product_attention(
+        *folded,
+        bias=tiled,
+        mask=None if mask is None else mask[:, None],
+        implementation=implementation,
+    )
+    return out.reshape(q.shape)
 
 
 def _float32_accumulation(dtype: jnp.dtype) -> jax.lax.DotAlgorithmPreset | None:

@@ -88,7 +88,12 @@ class SpaceTimeBlock(nn.Module):
             )
         if self.temporal_mixing == "attention":
             h = o.wrap(TemporalAttention)(
-                o.head_dim, o.groups, o.dtype, o.temporal_max_distance, name="temporal_attention"
+                o.head_dim,
+                o.groups,
+                o.dtype,
+                o.temporal_max_distance,
+                o.attention_impl,
+                name="temporal_attention",
             )(h, video_frames)
         elif self.temporal_mixing == "conv":
             h = o.wrap(TemporalConv)(o.groups, o.dtype, name="temporal_conv")(h, video_frames)
