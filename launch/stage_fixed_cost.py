@@ -42,14 +42,15 @@ def loop_call(cascade, name: str, cond, steps: int, sampler: str) -> Callable[[]
     """The stage's compiled loop with its inputs already on the device: ``sample_stage`` less
     the text lookup, the keys, the input transfer and the output copy."""
     from imagen_video_jax.cascade.cascade import example_seeds, stage_keys
+    from imagen_video_jax.cascade.specs import apply_overrides
 
     stage = cascade.stages[name]
-    settings = cascade._settings([stage], steps, None, sampler)[name]
+    settings = apply_overrides(stage.settings, num_steps=steps, sampler=sampler)
     text, mask = cascade.encode([PROMPT])
     device_cond = None if cond is None else jax.device_put(cond)
     keys = stage_keys(example_seeds(0, 1), cascade.stage_names.index(name))
-    fn, args = stage.sampler._loop_and_args(stage.params, keys, text, mask, device_cond, settings)
-    return lambda: fn(*args)
+    compiled, args = stage.sampler.compile(stage.params, keys, text, mask, device_cond, settings)
+    return lambda: compiled(*args)
 
 
 def stage_record(cascade, name: str, args: argparse.Namespace) -> dict:
