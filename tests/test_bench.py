@@ -112,6 +112,41 @@ def test_sample_records_per_stage_and_end_to_end(sample_records):
     assert speedup["speedup"] == pytest.approx(ratio) and speedup["target"] == 17.7
 
 
+def test_sample_records_a_batch_that_runs_out_of_memory_and_goes_on(monkeypatch):
+    def bench_variant(name, cascade, batch, *args):
+        if batch == 8 and name == "undistilled":
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 56.89GiB\ndetails")
+        total = {"undistilled": 2.0, "distilled": 0.1}[name] * batch
+        return [{"bench": "sample", "variant": name, "batch": batch, "total_s": total}]
+
+    monkeypatch.setattr(sample, "bench_variant", bench_variant)
+    records = sample.run(
+        size="tiny", batches=(1, 8), stop_after="base", overrides=ONE_LEVEL, peak_tflops=1.0
+    )
+    (failed,) = [r for r in records if r.get("fits") is False]
+    assert (failed["variant"], failed["batch"]) == ("undistilled", 8)
+    assert failed["error"] == "RESOURCE_EXHAUSTED: Out of memory allocating 56.89GiB"
+    assert [(r["variant"], r["batch"]) for r in by_bench(records, "sample")] == [
+        ("undistilled", 1),
+        ("distilled", 1),
+        ("undistilled", 8),
+        ("distilled", 8),
+    ]
+    (speedup,) = by_bench(records, "sample_speedup")  # only batch 1 has both variants
+    assert speedup["batch"] == 1 and speedup["speedup"] == pytest.approx(20.0)
+
+
+def test_sample_lets_other_errors_through(monkeypatch):
+    def bench_variant(*args):
+        raise ValueError("a bug, not memory")
+
+    monkeypatch.setattr(sample, "bench_variant", bench_variant)
+    with pytest.raises(ValueError, match="a bug"):
+        sample.run(
+            size="tiny", batches=(1,), stop_after="base", overrides=ONE_LEVEL, peak_tflops=1.0
+        )
+
+
 def test_sample_refuses_a_recompile():
     cascade = type("FakeCascade", (), {"trace_counts": {"base": 2}})()
     with pytest.raises(RuntimeError, match="compiled again"):

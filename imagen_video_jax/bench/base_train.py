@@ -158,7 +158,7 @@ def _fit_record(config: ml_collections.ConfigDict, info: dict) -> dict[str, Any]
         record.update(fits=True, step_ms=seconds * 1e3, clips_per_s=batch / seconds)
         record["compiled_gib"] = bench.memory_gib()
     except Exception as err:  # out of memory shows up as an XLA runtime error
-        record.update(fits=False, error=str(err).splitlines()[0][:200])
+        record.update(fits=False, error=measure.error_line(err))
     return record
 
 

@@ -242,6 +242,18 @@ def device_description() -> dict[str, str]:
     }
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a device running out of memory (an XLA runtime error)."""
+    text = str(err)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def error_line(err: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message, cut to ``limit`` characters, for a record."""
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:limit]
+
+
 def emit(record: dict[str, Any]) -> dict[str, Any]:
     """Print one measurement as a JSON line (flushed at once) and return it."""
     print(json.dumps(record, sort_keys=True), flush=True)

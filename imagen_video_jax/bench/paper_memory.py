@@ -206,7 +206,7 @@ def step_record(name: str, **options: Any) -> dict:
         record["peak_gib"] = measure.max_peak_memory_gib()
         del bench
     except Exception as err:  # out of memory shows up as an XLA runtime error
-        record.update(fits=False, error=str(err).strip().splitlines()[0][:300])
+        record.update(fits=False, error=measure.error_line(err))
         record["peak_gib"] = measure.max_peak_memory_gib()
         train_step = measure.TrainStep.build(config, make_mesh(config.mesh, devices))
         record.update(memory_estimate(config, train_step, device_bytes(devices[0])))

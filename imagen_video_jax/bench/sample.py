@@ -283,12 +283,30 @@ def run(
         for batch in batches:
             totals = {}
             for name, cascade in cascades.items():
-                variant_records = bench_variant(name, cascade, batch, flops[name], peak, info)
+                try:
+                    variant_records = bench_variant(name, cascade, batch, flops[name], peak, info)
+                except Exception as err:
+                    if not measure.out_of_memory(err):
+                        raise
+                    # Recorded, and the other variants and batches still run.
+                    records.append(measure.emit(_out_of_memory_record(name, batch, err, info)))
+                    continue
                 records += variant_records
                 totals[name] = variant_records[-1]["total_s"]
             if set(totals) == set(VARIANTS):
                 records.append(measure.emit(speedup_record(batch, totals, info)))
     return records
+
+
+def _out_of_memory_record(variant: str, batch: int, err: BaseException, info: dict) -> dict:
+    return {
+        "bench": "sample",
+        "variant": variant,
+        "batch": batch,
+        "fits": False,
+        "error": measure.error_line(err),
+        **info,
+    }
 
 
 def speedup_record(batch: int, totals: dict[str, float], info: dict) -> dict[str, Any]:
