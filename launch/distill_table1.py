@@ -28,10 +28,11 @@ model input (one model call a step).
 
 Every record is printed as a JSON line and written to ``<workdir>/table1.jsonl``; the tables
 (per stage, and end to end beside the paper's row) go to ``<workdir>/table1.md`` and stdout.
-The defaults are a short schedule (--steps-per-round 150, batch 8). Its distillation takes at
-least 5.5 minutes on one H200, set by ssr3 (about 160 s to compile, then 4.6 steps/s for 750
-steps; docs/PERFORMANCE.md), and the evaluation and timing of both cascades come after it.
-Longer rounds give students closer to their teachers (docs/RESULTS.md: 400 steps a round).
+The default schedule is 400 steps a round at batch 8: on one H200 the six smaller stages
+distil in 6-11 minutes together, ssr3 takes longest (about 160 s to compile, then 4.6 steps/s
+alone for its 2000 steps; docs/PERFORMANCE.md), and the evaluation and timing of both
+cascades come after it. Shorter rounds lose quality (docs/RESULTS.md: 150 steps a round cost
+ssr2 15 points of caption accuracy, 400 steps 10).
 Every stage is distilled on its training crops: ssr3 distilled on smaller crops lost most of
 its caption accuracy (likely: GroupNorm statistics over a crop are not a whole frame's). Leave
 XLA's autotuning on: without it
@@ -370,7 +371,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--steps-per-round",
         type=int,
-        default=150,
+        default=400,
         help="optimizer steps of every round, the guided one included",
     )
     parser.add_argument("--batch", type=int, default=8, help="global batch of distillation")
