@@ -2,8 +2,10 @@
 self-attention per pixel (relative position bias, image frames masked), and cross-attention
 to text tokens. Spatial and cross-attention run through ``jax.nn.dot_product_attention``;
 the temporal attention's T x T products are einsums in the video's own layout
-(:func:`frame_attention`). All compute in the compute dtype, with a zero-initialised output
-projection so each block starts as the identity.
+(:func:`frame_attention`), or with ``implementation='cudnn'`` cuDNN's fused kernel reading that
+layout with the pixels folded into the heads (:func:`fused_frame_attention`). All compute in
+the compute dtype, with a zero-initialised output projection so each block starts as the
+identity.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class TemporalAttention(nn.Module):
     The norm and both projections work on the video's own [B, T, H, W, C] layout and
     :func:`frame_attention` computes the T x T attention from there, so only q, k, v and the
     attended values change layout (each once, inside the attention's products), never the
-    normalised input or the block's output.
+    normalised input or the block's output; with ``implementation='cudnn'`` none of them do.
     """
 
     head_dim: int
