@@ -24,6 +24,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from imagen_video_jax.cascade import Cascade
+from imagen_video_jax.cascade.cascade import example_seeds, stage_keys
+from imagen_video_jax.cascade.specs import apply_overrides
+from imagen_video_jax.eval.cascade_eval import CachedTextEncoder
+from imagen_video_jax.models.text_cache import load_embedding_cache
+
 PROMPT = "a handwritten 2 moving up and to the right"
 
 
@@ -39,23 +45,18 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 
 def loop_call(cascade, name: str, cond, steps: int, sampler: str) -> Callable[[], jax.Array]:
-    """The stage's compiled loop with its inputs already on the device: ``sample_stage`` less
-    the text lookup, the keys, the input transfer and the output copy."""
-    from imagen_video_jax.cascade.cascade import example_seeds, stage_keys
-    from imagen_video_jax.cascade.specs import apply_overrides
-
+    """The stage's sampling loop (the jitted call ``sample_stage`` makes, so nothing compiles
+    twice) with its inputs already on the device: ``sample_stage`` less the text lookup, the
+    keys, the input transfer and the output copy."""
     stage = cascade.stages[name]
     settings = apply_overrides(stage.settings, num_steps=steps, sampler=sampler)
     text, mask = cascade.encode([PROMPT])
     device_cond = None if cond is None else jax.device_put(cond)
     keys = stage_keys(example_seeds(0, 1), cascade.stage_names.index(name))
-    compiled, args = stage.sampler.compile(stage.params, keys, text, mask, device_cond, settings)
-    return lambda: compiled(*args)
+    return functools.partial(stage.sampler, stage.params, keys, text, mask, device_cond, settings)
 
 
 def stage_record(cascade, name: str, args: argparse.Namespace) -> dict:
-    from imagen_video_jax.cascade.cascade import example_seeds, stage_keys
-
     stage = cascade.stages[name]
     cond = None
     if stage.spec.input_shape is not None:
@@ -75,11 +76,7 @@ def stage_record(cascade, name: str, args: argparse.Namespace) -> dict:
     return record
 
 
-def cascade_for(args: argparse.Namespace, mode: str):
-    from imagen_video_jax.cascade import Cascade
-    from imagen_video_jax.eval.cascade_eval import CachedTextEncoder
-    from imagen_video_jax.models.text_cache import load_embedding_cache
-
+def cascade_for(args: argparse.Namespace, mode: str) -> Cascade:
     encoder = None  # the stages' own text encoder
     if args.text_cache:
         encoder = CachedTextEncoder(load_embedding_cache(args.text_cache))
