@@ -35,8 +35,8 @@ cascades come after it. Shorter rounds lose quality (docs/RESULTS.md: 150 steps 
 ssr2 15 points of caption accuracy, 400 steps 10).
 Every stage is distilled on its training crops: ssr3 distilled on smaller crops lost most of
 its caption accuracy (likely: GroupNorm statistics over a crop are not a whole frame's). Leave
-XLA's autotuning on: without it
-(``--xla_gpu_autotune_level=0``) the students trained two orders of magnitude slower.
+XLA's autotuning on: without it (``--xla_gpu_autotune_level=0``) the students trained two
+orders of magnitude slower.
 """
 
 from __future__ import annotations
