@@ -14,6 +14,8 @@ model input (one model call a step).
    in ``<workdir>/students/<stage>.log``. Text comes from ``--text-cache`` (``imagen-video
    embed``: the captions of the cascade's training data and the evaluation prompts), so no
    text encoder weights are needed. A run started again resumes (finished stages are skipped).
+   A student that runs out of device memory beside the others and the original cascade's
+   evaluation (ssr3 did, on an H200) is distilled again alone once the rest have stopped.
 2. Quality: ``eval.cascade_eval.evaluate_cascade`` (caption accuracy, FVD, KVD of every stage's
    output on held-out prompts), the same prompts and seeds for both cascades; the original
    cascade's while the students train. Every sampling loop is compiled first, at batch 1 and
@@ -22,7 +24,8 @@ model input (one model call a step).
    ``--stages`` stay undistilled there, a mixed cascade).
 3. Speed, with the GPU to itself: wall seconds from the prompts to the last stage's uint8
    videos (every stage's output passed on through the host, as the evaluation does), per stage
-   and end to end, at batch 1 and at the evaluation batch, compiled, median of ``--repeats``;
+   and end to end, at batch 1 and at the evaluation batch, compiled, median of ``--repeats``
+   (3: a single run read the small stages up to twice as slow at batch 1; docs/RESULTS.md);
    model calls and FLOPs a sample (XLA cost analysis of each stage's call compiled for the CPU,
    times the calls, classifier-free guidance's second branch counted).
 
@@ -119,21 +122,49 @@ def distill_command(args: argparse.Namespace, stage: str) -> list[str]:
     ]  # fmt: skip
 
 
+class StudentOutOfMemory(RuntimeError):
+    """A distillation process that ran out of device memory (it can be resumed alone)."""
+
+
 def distill_stage(args: argparse.Namespace, stage: str) -> float:
-    """Run one stage's distillation process, its log in ``<workdir>/students/<stage>.log``;
-    returns its wall seconds."""
+    """Run one stage's distillation process, its log appended to
+    ``<workdir>/students/<stage>.log``; returns its wall seconds."""
+    from imagen_video_jax.bench.measure import out_of_memory
+
     log_file = args.workdir / "students" / f"{stage}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     command = distill_command(args, stage)
     log(f"distilling {stage}: {shlex.join(command)}")
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     started = time.perf_counter()
-    with open(log_file, "w") as out:
+    with open(log_file, "a") as out:
+        offset = out.tell()
         code = subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - started
     if code.returncode != 0:
-        raise RuntimeError(f"distilling {stage} failed (exit {code.returncode}): see {log_file}")
+        with open(log_file) as logged:
+            logged.seek(offset)
+            failure = StudentOutOfMemory if out_of_memory(logged.read()) else RuntimeError
+        raise failure(f"distilling {stage} failed (exit {code.returncode}): see {log_file}")
     log(f"{stage} distilled in {seconds:.0f} s")
+    return seconds
+
+
+def finish_students(
+    args: argparse.Namespace, running: dict[str, concurrent.futures.Future]
+) -> dict[str, float]:
+    """Wait for every student; one that ran out of device memory beside the others (and the
+    original cascade's evaluation) is distilled again once all have stopped, alone, resuming
+    from its last checkpoint. Returns each stage's wall seconds (of its last run)."""
+    seconds, again = {}, []
+    for stage, future in running.items():
+        try:
+            seconds[stage] = future.result()
+        except StudentOutOfMemory as error:
+            log(f"{error}; distilling {stage} again, alone")
+            again.append(stage)
+    for stage in again:
+        seconds[stage] = distill_stage(args, stage)
     return seconds
 
 
@@ -395,7 +426,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--num-samples", type=int, default=40, help="evaluation prompts")
     parser.add_argument("--eval-batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs a batch size")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs a batch size (the median is kept)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.cascade = args.cascade.resolve()
@@ -442,8 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         {} if args.skip_distill else {s: students.submit(distill_stage, args, s) for s in stages}
     )
     if args.distill_only:
-        for stage, future in running.items():
-            log(f"{stage}: {future.result():.0f} s")
+        for stage, seconds in finish_students(args, running).items():
+            log(f"{stage}: {seconds:.0f} s")
         return 0
 
     from imagen_video_jax.bench.measure import device_description
@@ -462,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         costs["original"] = stage_costs(original, pool)
         compile_seconds["original"] = compile_loops(original, batches)
         scores["original"] = evaluate(args, original)
-        distill_seconds = {stage: future.result() for stage, future in running.items()}
+        distill_seconds = finish_students(args, running)
         students.shutdown()
         timing["original"] = speed(original, batches, args.repeats)
         folder = distilled_folder(args, names, stages)

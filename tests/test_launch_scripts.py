@@ -1,6 +1,8 @@
 """The paper-table scripts of launch/: their argument checks and the commands they build."""
 
+import concurrent.futures
 import importlib.util
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +88,64 @@ def test_fixed_cost_times_the_loop_sample_stage_runs(stage_fixed_cost):
             "tsr1", [stage_fixed_cost.PROMPT], cond=cond, num_steps=2, sampler=sampler
         )
         np.testing.assert_array_equal(np.asarray(alone), whole)
+
+
+class _FakeDistill:
+    """Stands in for the `imagen-video distill` processes: each run writes its output to the
+    stage's log, takes its seconds and exits with its code (a queue of runs a stage); the
+    (stage, start, end) of every run are kept."""
+
+    def __init__(self, outcomes):
+        self.outcomes = {stage: list(runs) for stage, runs in outcomes.items()}
+        self.runs = []
+
+    def __call__(self, command, cwd, env, stdout, stderr):
+        stage = command[command.index("--config") + 1].split("stage=")[1].split(",")[0]
+        output, seconds, code = self.outcomes[stage].pop(0)
+        start = time.monotonic()
+        time.sleep(seconds)
+        stdout.write(output)
+        stdout.flush()
+        self.runs.append((stage, start, time.monotonic()))
+        return type("Completed", (), {"returncode": code})()
+
+
+def _run_students(distill_table1, args, fake, monkeypatch):
+    monkeypatch.setattr(distill_table1.subprocess, "run", fake)
+    with concurrent.futures.ThreadPoolExecutor(len(fake.outcomes)) as pool:
+        running = {s: pool.submit(distill_table1.distill_stage, args, s) for s in fake.outcomes}
+        return distill_table1.finish_students(args, running)
+
+
+def test_table1_distills_a_student_that_ran_out_of_memory_again_once_the_rest_stopped(
+    distill_table1, tmp_path, monkeypatch
+):
+    args = _table1_args(distill_table1, tmp_path, "--workdir", str(tmp_path / "run"))
+    oom = "jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate"
+    fake = _FakeDistill(
+        {"ssr3": [(oom, 0, 1), ("distilled ssr3\n", 0, 0)], "base": [("done\n", 0.3, 0)]}
+    )
+    seconds = _run_students(distill_table1, args, fake, monkeypatch)
+    assert [stage for stage, _, _ in fake.runs] == ["ssr3", "base", "ssr3"]
+    (_, _, base_end), (_, retry_start, _) = fake.runs[1:]
+    assert retry_start >= base_end  # alone: only once base has stopped
+    assert set(seconds) == {"ssr3", "base"}
+    log = (tmp_path / "run" / "students" / "ssr3.log").read_text()
+    assert log.startswith(oom) and log.endswith("distilled ssr3\n")  # the retry appends
+
+
+def test_table1_stops_on_a_student_that_failed_otherwise(distill_table1, tmp_path, monkeypatch):
+    args = _table1_args(distill_table1, tmp_path, "--workdir", str(tmp_path / "run"))
+    # An out-of-memory line left in the log by an earlier run does not count as this run's.
+    log = tmp_path / "run" / "students" / "ssr3.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("RESOURCE_EXHAUSTED: Out of memory (an earlier run)\n")
+    fake = _FakeDistill({"ssr3": [("ValueError: bad config\n", 0, 1)]})
+    with pytest.raises(RuntimeError, match="distilling ssr3 failed") as failure:
+        _run_students(distill_table1, args, fake, monkeypatch)
+    assert not isinstance(failure.value, distill_table1.StudentOutOfMemory)
+    assert len(fake.runs) == 1
+
+
+def test_table1_times_the_median_of_three_runs_by_default(distill_table1, tmp_path):
+    assert _table1_args(distill_table1, tmp_path).repeats == 3

@@ -242,8 +242,9 @@ def device_description() -> dict[str, str]:
     }
 
 
-def out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is a device running out of memory (an XLA runtime error)."""
+def out_of_memory(err: BaseException | str) -> bool:
+    """Whether ``err`` (an error, or a process's output) is a device running out of memory
+    (an XLA runtime error)."""
     text = str(err)
     return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
