@@ -35,7 +35,9 @@ The default schedule is 400 steps a round at batch 8: on one H200 the six smalle
 distil in 6-11 minutes together, ssr3 takes longest (about 160 s to compile, then 4.6 steps/s
 alone for its 2000 steps; docs/PERFORMANCE.md), and the evaluation and timing of both
 cascades come after it. Shorter rounds lose quality (docs/RESULTS.md: 150 steps a round cost
-ssr2 15 points of caption accuracy, 400 steps 10).
+ssr2 15 points of caption accuracy, 400 steps 10). ``--stage-steps ssr3=1000`` gives the
+stages named longer rounds: with 400 steps ssr3 still lost 10 points, every other stage at
+most 10 and the chain up to tsr3 none.
 Every stage is distilled on its training crops: ssr3 distilled on smaller crops lost most of
 its caption accuracy (likely: GroupNorm statistics over a crop are not a whole frame's). Leave
 XLA's autotuning on: without it (``--xla_gpu_autotune_level=0``) the students trained two
@@ -99,7 +101,7 @@ def emit(records: list[dict], record: dict[str, Any]) -> dict[str, Any]:
 
 def distill_command(args: argparse.Namespace, stage: str) -> list[str]:
     """The `imagen-video distill` command of one stage."""
-    steps = args.steps_per_round
+    steps = args.stage_steps.get(stage, args.steps_per_round)
     settings = {
         "train.text_cache": args.text_cache,
         "distill.final_steps": args.final_steps,
@@ -379,6 +381,22 @@ def comparison(summary: dict[str, dict]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- main
 
 
+def stage_steps(text: str) -> dict[str, int]:
+    """``--stage-steps``: ``"ssr3=1000,tsr3=600"`` -> {'ssr3': 1000, 'tsr3': 600}."""
+    from imagen_video_jax.cascade.cli import per_stage_value
+
+    steps = per_stage_value(text, int)
+    if not isinstance(steps, dict):
+        raise argparse.ArgumentTypeError(f"give STAGE=N pairs (e.g. ssr3=1000), not {text!r}")
+    return steps
+
+
+def rounds_text(args: argparse.Namespace) -> str:
+    """The steps a round, as the table's header gives them: "400" or "400 (ssr3 1000)"."""
+    overrides = ", ".join(f"{stage} {steps}" for stage, steps in args.stage_steps.items())
+    return f"{args.steps_per_round}" + (f" ({overrides})" if overrides else "")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -404,6 +422,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=400,
         help="optimizer steps of every round, the guided one included",
+    )
+    parser.add_argument(
+        "--stage-steps",
+        type=stage_steps,
+        default={},
+        metavar="STAGE=N,...",
+        help="steps a round for the stages named (the others take --steps-per-round)",
     )
     parser.add_argument("--batch", type=int, default=8, help="global batch of distillation")
     parser.add_argument("--learning-rate", type=float, default=2e-4)
@@ -520,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [
             "# Table 1 on the mini cascade: original vs distilled",
             f"Cascade {args.cascade}; distilled to {args.final_steps} steps a stage with "
-            f"{args.steps_per_round} steps a round at batch {args.batch}; quality on "
+            f"{rounds_text(args)} steps a round at batch {args.batch}; quality on "
             f"{args.num_samples} held-out prompts (seed {args.seed}); {info['device']}, "
             f"JAX {info['jax']}; run: `{info['command']}`; {result['wall_seconds']:.0f} s in all.",
             summary_table({**summary, **result}, args.eval_batch),

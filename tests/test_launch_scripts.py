@@ -147,5 +147,17 @@ def test_table1_stops_on_a_student_that_failed_otherwise(distill_table1, tmp_pat
     assert len(fake.runs) == 1
 
 
+def test_table1_stage_steps_override_the_rounds_of_the_stages_named(distill_table1, tmp_path):
+    args = _table1_args(distill_table1, tmp_path, "--stage-steps", "ssr3=1000")
+    ssr3 = _sets(distill_table1.distill_command(args, "ssr3"))
+    assert "distill.steps_per_round=1000" in ssr3 and "distill.guided_steps=1000" in ssr3
+    assert "train.checkpoint_every=1000" in ssr3
+    assert "distill.steps_per_round=400" in _sets(distill_table1.distill_command(args, "tsr3"))
+    assert distill_table1.rounds_text(args) == "400 (ssr3 1000)"
+    for bad in ("1000", "ssr9=10"):
+        with pytest.raises(SystemExit):
+            _table1_args(distill_table1, tmp_path, "--stage-steps", bad)
+
+
 def test_table1_times_the_median_of_three_runs_by_default(distill_table1, tmp_path):
     assert _table1_args(distill_table1, tmp_path).repeats == 3
