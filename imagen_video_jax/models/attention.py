@@ -3,7 +3,8 @@ self-attention per pixel (relative position bias, image frames masked), and cros
 to text tokens. Spatial and cross-attention run through ``jax.nn.dot_product_attention``;
 the temporal attention's T x T products are einsums in the video's own layout
 (:func:`frame_attention`), or with ``implementation='cudnn'`` cuDNN's fused kernel reading that
-layout with the pixels folded into the heads (:func:`fused_frame_attention`). All compute in
+layout with the pixels folded into the heads (:func:`fused_frame_attention`; on an H200 a
+train step was 12 % slower with it at T = 16, docs/PERFORMANCE.md). All compute in
 the compute dtype, with a zero-initialised output projection so each block starts as the
 identity.
 """
