@@ -350,6 +350,44 @@ def test_a_distilled_sr_stage_samples_next_to_an_undistilled_base(tmp_path):
     assert max(cascade.trace_counts.values()) == 1
 
 
+@pytest.mark.parametrize("mode", ["sample", "train"])
+def test_an_sr_student_sees_its_conditioning_noised_at_the_level_asked(mode):
+    """distill.cond_aug: "sample" noises the low-res video at the level the stage samples with
+    (every example, teacher and student alike); "train" draws levels from the training range."""
+    from imagen_video_jax.train.distill import (
+        DistillObjective,
+        Round,
+        make_distill_loss,
+        round_inputs,
+    )
+
+    config = tiny_config("tsr1", f"distill.cond_aug={mode}")
+    data = FakeVideoData(config).make(0)
+    batch = {"video": data["video"], "cond": data["cond"], "text": data["text_emb"]}
+    batch = {**batch, "text_mask": data["text_mask"]}
+    levels = []
+
+    def apply_fn(variables, z, logsnr, *, cond, cond_logsnr, train=False, **inputs):
+        if train:  # the student's call; the teachers' calls take the same inputs
+            levels.append(np.asarray(cond_logsnr))
+        return jnp.zeros_like(z)
+
+    loss = make_distill_loss(apply_fn, DistillObjective.from_config(config))
+    for guided, steps in ((True, 4), (False, 2)):
+        loss(None, batch, jax.random.key(3), None, round_inputs(Round(0, 2, guided, steps, 1)))
+    levels = np.concatenate(levels)
+    low, high = config.diffusion.cond_aug_logsnr_range
+    if mode == "sample":
+        np.testing.assert_allclose(levels, np.log(3.0), rtol=1e-6)
+    else:
+        assert levels.min() >= low and levels.max() <= high and levels.std() > 1.0
+
+
+def test_an_unknown_cond_aug_mode_is_refused_before_compiling():
+    with pytest.raises(ValueError, match="distill.cond_aug must be one of"):
+        plan_rounds(tiny_config("tsr1", "distill.cond_aug=fixed"))
+
+
 def test_a_teacher_that_does_not_fit_the_model_is_named():
     init = {"dense": {"kernel": np.zeros((3, 4))}, "guidance_embedding": {"bias": np.zeros(4)}}
     merged = student_params({"dense": {"kernel": np.ones((3, 4))}}, init)

@@ -9,7 +9,8 @@ params of round k-1, which are also its teacher, and learns to do in ONE DDIM st
 the teacher does in two, t -> t' -> s (the target of :func:`diffusion.teacher_target`), on the
 grid of ``start_steps / 2^k`` steps, until ``final_steps``. The teacher's x predictions are
 dynamically thresholded as its sampler does (``sample.dynamic_threshold``). SR stages see the
-low-res video, noise-augmented at a random level as in training, in teacher and student alike.
+low-res video noise-augmented at the level the stage samples with (``distill.cond_aug``
+"sample"; "train": random levels of the training range), in teacher and student alike.
 
 Each round trains with the train loop's pieces (state, optimizer, jitted sharded step, data,
 text, logs, :class:`StepLoop`) and checkpoints in the train format to
@@ -82,6 +83,8 @@ TEACHER_SECTIONS = ("stage", "text_encoder", "model", "diffusion", "sample", "da
 # The parameters a student has beyond its teacher's.
 GUIDANCE_PARAMS = "guidance_embedding"
 STUDENT_SAMPLER = "stochastic"
+# distill.cond_aug: the conditioning's noise level while distilling an SR stage.
+COND_AUG_MODES = ("sample", "train")
 
 
 # ----------------------------------------------------------------------------- configs
@@ -133,6 +136,11 @@ def plan_rounds(config: Mapping) -> list[Round]:
         raise ValueError(
             f"distill.guidance_range must be (w_min, w_max) with 0 <= w_min <= w_max; got "
             f"{tuple(distill['guidance_range'])}"
+        )
+    if distill.get("cond_aug", "sample") not in COND_AUG_MODES:
+        raise ValueError(
+            f"distill.cond_aug must be one of {COND_AUG_MODES} (the sampling level or the "
+            f"training range of the SR conditioning's noise); got {distill['cond_aug']!r}"
         )
     count = halvings + 1
     rounds = [Round(0, count, True, start, guided)]
@@ -212,6 +220,9 @@ class DistillObjective:
     @classmethod
     def from_config(cls, config: Mapping) -> DistillObjective:
         stage = StageObjective.from_config(config)
+        if config["distill"].get("cond_aug", "sample") == "sample":
+            level = float(config["diffusion"]["cond_aug_logsnr_sample"])
+            stage = dataclasses.replace(stage, cond_aug_logsnr_range=(level, level))
         return cls(
             stage=dataclasses.replace(stage, text_drop_prob=0.0),
             guidance_range=tuple(float(w) for w in config["distill"]["guidance_range"]),
