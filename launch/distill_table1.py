@@ -21,7 +21,10 @@ model input (one model call a step).
    cascade's while the students train. Every sampling loop is compiled first, at batch 1 and
    at the evaluation batch, the stages in parallel threads. The distilled cascade is loaded
    from ``<workdir>/distilled_cascade``: links to the students (stages left out of
-   ``--stages`` stay undistilled there, a mixed cascade).
+   ``--stages`` stay undistilled there, a mixed cascade). ``--original-from FILE`` takes the
+   original cascade's figures from an earlier run's ``table1.jsonl`` instead (refused unless
+   device kind, JAX and settings match), so a run that changes only the students measures only
+   them: the original's compiling, scoring and timing were most of the third run's 18 minutes.
 3. Speed, with the GPU to itself: wall seconds from the prompts to the last stage's uint8
    videos (every stage's output passed on through the host, as the evaluation does), per stage
    and end to end, at batch 1 and at the evaluation batch, compiled, median of ``--repeats``
@@ -455,6 +458,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--repeats", type=int, default=3, help="timed runs a batch size (the median is kept)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--original-from",
+        type=Path,
+        help="take the original cascade's figures from an earlier run's table1.jsonl (same "
+        "device kind, JAX and settings) instead of measuring them again",
+    )
     args = parser.parse_args(argv)
     args.cascade = args.cascade.resolve()
     args.workdir = args.workdir.resolve()
@@ -469,6 +478,56 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         )
     args.text_cache = found[0].resolve()
     return args
+
+
+def quality(
+    args: argparse.Namespace,
+    cascade: Any,
+    pool: concurrent.futures.Executor,
+    batches: Sequence[int],
+) -> tuple[dict, dict, float]:
+    """A cascade's costs, its scores, and the seconds it took to compile its loops."""
+    costs = stage_costs(cascade, pool)
+    compile_seconds = compile_loops(cascade, batches)
+    return costs, evaluate(args, cascade), compile_seconds
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What makes two runs' figures of a cascade comparable (beside device and JAX)."""
+    cascade = args.cascade
+    return {
+        # Relative to the repository where it lies inside it, so that two checkouts agree.
+        "cascade": str(cascade.relative_to(REPO) if cascade.is_relative_to(REPO) else cascade),
+        "num_samples": args.num_samples,
+        "eval_batch": args.eval_batch,
+        "seed": args.seed,
+        "repeats": args.repeats,
+    }
+
+
+def earlier_original(
+    path: Path, settings: dict[str, Any], info: dict[str, Any]
+) -> tuple[list[dict], dict[str, Any]]:
+    """The original cascade's stage records and summary from an earlier run's table1.jsonl.
+    Refuses a file whose device, JAX or run settings differ from this run's (settings the file
+    does not hold, from runs before they were recorded, are not checked)."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    original = [r for r in records if r.get("variant") == "original"]
+    stages = [r for r in original if r["table"] == "distill_table1_stage"]
+    cascade = [r for r in original if r["table"] == "distill_table1_cascade"]
+    if not stages or len(cascade) != 1:
+        raise SystemExit(f"--original-from {path}: no original cascade's records in it")
+    (summary,) = cascade
+    wanted = {"device": info["device"], "jax": info["jax"], **settings}
+    differ = [
+        f"{key} {summary[key]!r} (here {value!r})"
+        for key, value in wanted.items()
+        if key in summary and summary[key] != value
+    ]
+    if differ:
+        raise SystemExit(f"--original-from {path} was measured otherwise: {'; '.join(differ)}")
+    log(f"the original cascade's figures are taken from {path}")
+    return stages, summary
 
 
 def evaluate(args: argparse.Namespace, cascade: Any) -> dict[str, dict]:
@@ -509,35 +568,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     from imagen_video_jax.models.text_cache import load_embedding_cache
 
     info = {**device_description(), "command": shlex.join([sys.argv[0], *(argv or sys.argv[1:])])}
+    settings = run_settings(args)
     encoder = CachedTextEncoder(load_embedding_cache(args.text_cache))
     batches = sorted({1, args.eval_batch})
     records: list[dict] = []
-    costs, scores, timing, compile_seconds = {}, {}, {}, {}
+    summary, rows = {}, []
+
+    def measured(variant: str, cascade: Any, costs: dict, scores: dict, compile_s: float) -> None:
+        """Time ``cascade`` (the GPU to itself), then record its stages and its summary."""
+        timing = speed(cascade, batches, args.repeats)
+        for record in stage_records(variant, costs, scores, timing, args.eval_batch):
+            record["distill_seconds"] = distill_seconds.get(record["stage"])
+            rows.append(emit(records, record))
+        summary[variant] = variant_summary(costs, scores, timing, names[-1], args.eval_batch)
+        record = {"table": "distill_table1_cascade", "variant": variant, **summary[variant]}
+        emit(records, {**record, "compile_seconds": compile_s, **settings, **info})
+
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        # The original cascade's quality is measured while the students train (the GPU has
-        # room); every timing is taken with the GPU to itself.
-        original = Cascade.from_checkpoints(args.cascade, text_encoder=encoder)
-        costs["original"] = stage_costs(original, pool)
-        compile_seconds["original"] = compile_loops(original, batches)
-        scores["original"] = evaluate(args, original)
+        if args.original_from:
+            earlier_rows, summary["original"] = earlier_original(args.original_from, settings, info)
+            rows += [emit(records, row) for row in earlier_rows]
+        else:
+            # The original cascade's quality is measured while the students train (the GPU
+            # has room); every timing is taken with the GPU to itself.
+            original = Cascade.from_checkpoints(args.cascade, text_encoder=encoder)
+            original_parts = quality(args, original, pool, batches)
         distill_seconds = finish_students(args, running)
         students.shutdown()
-        timing["original"] = speed(original, batches, args.repeats)
+        if not args.original_from:
+            measured("original", original, *original_parts)
         folder = distilled_folder(args, names, stages)
         distilled = Cascade.from_checkpoints(folder, text_encoder=encoder)
-        costs["distilled"] = stage_costs(distilled, pool)
-        compile_seconds["distilled"] = compile_loops(distilled, batches)
-        scores["distilled"] = evaluate(args, distilled)
-        timing["distilled"] = speed(distilled, batches, args.repeats)
-        summary, rows = {}, []
-        for variant in ("original", "distilled"):
-            parts = (costs[variant], scores[variant], timing[variant])
-            for record in stage_records(variant, *parts, args.eval_batch):
-                record["distill_seconds"] = distill_seconds.get(record["stage"])
-                rows.append(emit(records, record))
-            summary[variant] = variant_summary(*parts, names[-1], args.eval_batch)
-            record = {"table": "distill_table1_cascade", "variant": variant, **summary[variant]}
-            emit(records, {**record, "compile_seconds": compile_seconds[variant], **info})
+        measured("distilled", distilled, *quality(args, distilled, pool, batches))
     result = comparison(summary)
     result.update(wall_seconds=time.perf_counter() - started, **info)
     emit(records, result)
@@ -547,7 +609,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Cascade {args.cascade}; distilled to {args.final_steps} steps a stage with "
             f"{rounds_text(args)} steps a round at batch {args.batch}; quality on "
             f"{args.num_samples} held-out prompts (seed {args.seed}); {info['device']}, "
-            f"JAX {info['jax']}; run: `{info['command']}`; {result['wall_seconds']:.0f} s in all.",
+            f"JAX {info['jax']}; run: `{info['command']}`; {result['wall_seconds']:.0f} s in all."
+            + (
+                f" The original cascade's figures are those of an earlier run on the same device "
+                f"kind and JAX: {args.original_from}."
+                if args.original_from
+                else ""
+            ),
             summary_table({**summary, **result}, args.eval_batch),
             stage_table(rows),
             f"Targets: >= {TARGET_SPEEDUP}x faster at both batch sizes, caption accuracy within "

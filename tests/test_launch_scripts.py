@@ -2,6 +2,8 @@
 
 import concurrent.futures
 import importlib.util
+import json
+import re
 import time
 from pathlib import Path
 
@@ -161,3 +163,124 @@ def test_table1_stage_steps_override_the_rounds_of_the_stages_named(distill_tabl
 
 def test_table1_times_the_median_of_three_runs_by_default(distill_table1, tmp_path):
     assert _table1_args(distill_table1, tmp_path).repeats == 3
+
+
+def _earlier_run(path, **cascade_fields):
+    """A table1.jsonl as a run writes it: the original's stage and cascade records, then the
+    distilled cascade's."""
+    stage = {"table": "distill_table1_stage", "variant": "original", "stage": "base", "fvd": 230.0}
+    cascade = {"table": "distill_table1_cascade", "variant": "original", "fvd": 2063.4}
+    cascade.update(device="NVIDIA H200", jax="0.11.2", **cascade_fields)
+    distilled = {**cascade, "variant": "distilled", "fvd": 2636.0}
+    path.write_text("".join(json.dumps(r) + "\n" for r in (stage, cascade, distilled)))
+    return path
+
+
+def test_table1_takes_the_original_from_an_earlier_run_of_the_same_kind(distill_table1, tmp_path):
+    args = _table1_args(distill_table1, tmp_path)
+    settings = distill_table1.run_settings(args)
+    assert settings["cascade"] == "imagen_video_jax/assets/demo_cascade"  # the same anywhere
+    info = {"device": "NVIDIA H200", "jax": "0.11.2"}
+    earlier = _earlier_run(tmp_path / "old.jsonl", **settings)
+    rows, summary = distill_table1.earlier_original(earlier, settings, info)
+    assert [r["stage"] for r in rows] == ["base"] and summary["fvd"] == 2063.4
+    # A run from before the settings were recorded is checked on device and JAX alone.
+    older = _earlier_run(tmp_path / "older.jsonl")
+    assert distill_table1.earlier_original(older, settings, info)[1]["fvd"] == 2063.4
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"device": "NVIDIA H100"}, "device 'NVIDIA H200' (here 'NVIDIA H100')"),
+        ({"jax": "0.10.2"}, "jax '0.11.2' (here '0.10.2')"),
+        ({"num_samples": 64}, "num_samples 40 (here 64)"),
+    ],
+)
+def test_table1_refuses_an_original_measured_otherwise(distill_table1, tmp_path, change, message):
+    args = _table1_args(distill_table1, tmp_path)
+    settings = distill_table1.run_settings(args)
+    earlier = _earlier_run(tmp_path / "old.jsonl", **settings)
+    info = {"device": "NVIDIA H200", "jax": "0.11.2"}
+    here = {**settings, **{k: v for k, v in change.items() if k in settings}}
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        distill_table1.earlier_original(earlier, here, {**info, **change})
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_table1_with_an_earlier_original_measures_only_the_students(
+    distill_table1, tmp_path, monkeypatch, reuse
+):
+    """The whole run (--skip-distill, with and without --original-from) with the GPU work
+    stood in for: given an earlier original, the distilled cascade alone is scored and timed,
+    and the table compares it with the earlier original's figures."""
+    import imagen_video_jax.cascade as cascade_module
+    import imagen_video_jax.eval.cascade_eval as cascade_eval
+    import imagen_video_jax.models.text_cache as text_cache
+    from imagen_video_jax.bench.measure import device_description
+
+    workdir = tmp_path / "run"
+    argv = ["--skip-distill", "--workdir", str(workdir)]
+    argv += ["--original-from", str(tmp_path / "old.jsonl")] if reuse else []
+    args = _table1_args(distill_table1, tmp_path, *argv)
+    names = list(cascade_module.stage_dirs(args.cascade))
+    earlier = {
+        "table": "distill_table1_cascade", "variant": "original", "steps": "base 256",
+        "model_calls": 2048, "tflop_per_sample": 320.0, "seconds_batch_1": 6.0,
+        "seconds_batch_n": 7.0, "caption_accuracy": 0.85, "fvd": 2000.0, "kvd": 1.0,
+        **device_description(), **distill_table1.run_settings(args),
+    }  # fmt: skip
+    stages = [
+        {"table": "distill_table1_stage", "variant": "original", "stage": name, "shape": "4x16x16",
+         "sampler": "ddim", "num_steps": 128, "model_calls": 256, "tflop_per_sample": 1.0,
+         "caption_accuracy": 0.9, "fvd": 2000.0, "kvd": 1.0, "stage_seconds_batch_1": 0.5,
+         "stage_seconds_per_sample": 0.5}
+        for name in names
+    ]  # fmt: skip
+    lines = [json.dumps(r) + "\n" for r in (*stages, earlier)]
+    (tmp_path / "old.jsonl").write_text("".join(lines))
+
+    done = concurrent.futures.Future()
+    done.set_result(1e12)
+    measured = []
+    monkeypatch.setattr(text_cache, "load_embedding_cache", lambda path: {})
+    monkeypatch.setattr(cascade_eval, "CachedTextEncoder", lambda cache: None)
+    monkeypatch.setattr(
+        cascade_module.Cascade, "from_checkpoints", classmethod(lambda cls, folder, **_: folder)
+    )
+    monkeypatch.setattr(
+        distill_table1,
+        "stage_costs",
+        lambda cascade, pool: {
+            n: {"sampler": "stochastic", "num_steps": 8, "guidance": "input", "model_calls": 8,
+                "flops": done}
+            for n in names
+        },
+    )  # fmt: skip
+    monkeypatch.setattr(distill_table1, "compile_loops", lambda cascade, batches: 1.0)
+
+    def evaluate(args, cascade):
+        measured.append(cascade)
+        score = {"shape": (4, 16, 16), "caption_accuracy": 0.8, "fvd": 2400.0, "kvd": 2.0}
+        return {n: score for n in names}
+
+    monkeypatch.setattr(distill_table1, "evaluate", evaluate)
+    timing = {n: 0.01 for n in names}
+    speeds = {1: {**timing, "total": 0.25}, 8: {**timing, "total": 0.35}}
+    monkeypatch.setattr(distill_table1, "speed", lambda cascade, batches, repeats: speeds)
+    monkeypatch.setattr(distill_table1, "parse_args", lambda argv: args)
+
+    assert distill_table1.main([]) == 0
+    records = [json.loads(r) for r in (workdir / "table1.jsonl").read_text().splitlines()]
+    markdown = (workdir / "table1.md").read_text()
+    if not reuse:  # both measured alike: no speedup, and the stub scores on both sides
+        assert measured == [args.cascade, workdir / "distilled_cascade"]
+        assert records[-1]["speedup_batch_1"] == 1.0 and records[-1]["fvd_ratio"] == 1.0
+        assert len(records) == 2 * len(names) + 3 and "earlier run" not in markdown
+        return
+    assert measured == [workdir / "distilled_cascade"]  # the original is not measured again
+    assert records[: len(names)] == stages
+    assert records[-1]["speedup_batch_1"] == pytest.approx(6.0 / 0.25)
+    assert records[-1]["fvd_ratio"] == pytest.approx(1.2)
+    assert records[-1]["caption_accuracy_change"] == pytest.approx(-0.05)
+    assert "figures are those of an earlier run" in markdown
