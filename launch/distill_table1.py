@@ -572,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     encoder = CachedTextEncoder(load_embedding_cache(args.text_cache))
     batches = sorted({1, args.eval_batch})
     records: list[dict] = []
-    summary, rows = {}, []
+    summary, rows, distill_seconds = {}, [], {}
 
     def measured(variant: str, cascade: Any, costs: dict, scores: dict, compile_s: float) -> None:
         """Time ``cascade`` (the GPU to itself), then record its stages and its summary."""
@@ -593,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # has room); every timing is taken with the GPU to itself.
             original = Cascade.from_checkpoints(args.cascade, text_encoder=encoder)
             original_parts = quality(args, original, pool, batches)
-        distill_seconds = finish_students(args, running)
+        distill_seconds.update(finish_students(args, running))
         students.shutdown()
         if not args.original_from:
             measured("original", original, *original_parts)
