@@ -353,7 +353,8 @@ def test_a_distilled_sr_stage_samples_next_to_an_undistilled_base(tmp_path):
 @pytest.mark.parametrize("mode", ["sample", "train"])
 def test_an_sr_student_sees_its_conditioning_noised_at_the_level_asked(mode):
     """distill.cond_aug: "sample" noises the low-res video at the level the stage samples with
-    (every example, teacher and student alike); "train" draws levels from the training range."""
+    (every example; the student's call is recorded, the teacher's take the same inputs);
+    "train" draws levels from the training range."""
     from imagen_video_jax.train.distill import (
         DistillObjective,
         Round,
