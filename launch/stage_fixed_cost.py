@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from imagen_video_jax.bench import measure
 from imagen_video_jax.cascade import Cascade
 from imagen_video_jax.cascade.cascade import example_seeds, stage_keys
 from imagen_video_jax.cascade.specs import apply_overrides
@@ -35,13 +35,7 @@ PROMPT = "a handwritten 2 moving up and to the right"
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
     """Median wall ms of ``fn()`` after one untimed call (which compiles)."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(times)), 3)
+    return round(1000 * measure.median_step_seconds(fn, warmup=1, iters=repeats), 3)
 
 
 def loop_call(cascade, name: str, cond, steps: int, sampler: str) -> Callable[[], jax.Array]:
@@ -110,7 +104,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    info = {"device": jax.devices()[0].device_kind, "jax": jax.__version__}
+    info = measure.device_description()
     records = []
     for mode in args.modes:
         cascade = cascade_for(args, mode)
