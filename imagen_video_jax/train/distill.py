@@ -137,7 +137,7 @@ def plan_rounds(config: Mapping) -> list[Round]:
             f"distill.guidance_range must be (w_min, w_max) with 0 <= w_min <= w_max; got "
             f"{tuple(distill['guidance_range'])}"
         )
-    if distill.get("cond_aug", "sample") not in COND_AUG_MODES:
+    if distill["cond_aug"] not in COND_AUG_MODES:
         raise ValueError(
             f"distill.cond_aug must be one of {COND_AUG_MODES} (the sampling level or the "
             f"training range of the SR conditioning's noise); got {distill['cond_aug']!r}"
@@ -220,7 +220,7 @@ class DistillObjective:
     @classmethod
     def from_config(cls, config: Mapping) -> DistillObjective:
         stage = StageObjective.from_config(config)
-        if config["distill"].get("cond_aug", "sample") == "sample":
+        if config["distill"]["cond_aug"] == "sample":
             level = float(config["diffusion"]["cond_aug_logsnr_sample"])
             stage = dataclasses.replace(stage, cond_aug_logsnr_range=(level, level))
         return cls(
