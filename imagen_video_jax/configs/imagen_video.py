@@ -288,10 +288,11 @@ def distill_config(name: str, size: str) -> ml_collections.ConfigDict:
             # Round 0 draws w ~ U[w_min, w_max] per example (later rounds too: the student
             # keeps every w); the range holds the stage's sampling weight.
             "guidance_range": (0.0, sample_config(name, size).guidance_weight),
-            # SR stages: the low-res video is noised at the one level the stage samples with
-            # (diffusion.cond_aug_logsnr_sample), so the 8-step student spends its capacity
-            # there; "train" draws levels from the training range as the teacher saw them.
-            "cond_aug": "sample",
+            # SR stages: the low-res video's noise level while distilling. "train" draws it
+            # from the training range, as the teacher saw it; "sample" fixes it at the level
+            # the stage samples with (diffusion.cond_aug_logsnr_sample). On the mini cascade
+            # "sample" lost: ssr3 75 -> 37.5 % caption accuracy (docs/RESULTS.md, 4th run).
+            "cond_aug": "train",
             "guided_steps": steps,  # optimizer steps of round 0 (guided distillation)
             "steps_per_round": steps,  # optimizer steps of each halving round
             "start_steps": 0,  # the teacher's sampling steps; 0 = sample.num_steps

@@ -9,8 +9,8 @@ params of round k-1, which are also its teacher, and learns to do in ONE DDIM st
 the teacher does in two, t -> t' -> s (the target of :func:`diffusion.teacher_target`), on the
 grid of ``start_steps / 2^k`` steps, until ``final_steps``. The teacher's x predictions are
 dynamically thresholded as its sampler does (``sample.dynamic_threshold``). SR stages see the
-low-res video noise-augmented at the level the stage samples with (``distill.cond_aug``
-"sample"; "train": random levels of the training range), in teacher and student alike.
+low-res video noise-augmented at random levels of the training range (``distill.cond_aug``
+"train"; "sample": only the level the stage samples with), in teacher and student alike.
 
 Each round trains with the train loop's pieces (state, optimizer, jitted sharded step, data,
 text, logs, :class:`StepLoop`) and checkpoints in the train format to
