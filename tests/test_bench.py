@@ -14,7 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imagen_video_jax.bench import BENCHMARKS, measure, paper_memory, sample, scale
+from imagen_video_jax.bench import (
+    BENCHMARKS,
+    measure,
+    paper_memory,
+    sample,
+    scale,
+    temporal_attention,
+)
 from imagen_video_jax.config import load_config
 from imagen_video_jax.models import abstract_params
 from imagen_video_jax.parallel import make_mesh
@@ -286,6 +293,60 @@ def test_stage_config_checks_the_crop():
     # A stage that is not fully convolutional keeps its full frame.
     config = paper_memory.stage_config("base", size="tiny", crop=(4, 4))
     assert measure.example_shape(config) == (2, 8, 8)
+
+
+# ----------------------------------------------------------------------------- temporal attention
+
+
+def test_temporal_attention_levels_are_those_of_the_bench_unet():
+    """Width 128 x (1, 2, 4, 8), head_dim 64, 64x64 frames halved a level; 2 blocks down and 2
+    up a level, and the middle block at the lowest level."""
+    levels = temporal_attention.bench_levels()
+    assert [lvl.shape for lvl in levels] == [
+        (8, 16, 64, 64, 128),
+        (8, 16, 32, 32, 256),
+        (8, 16, 16, 16, 512),
+        (8, 16, 8, 8, 1024),
+    ]
+    assert [lvl.heads for lvl in levels] == [2, 4, 8, 16]
+    assert [lvl.blocks for lvl in levels] == [4, 4, 4, 5]
+    # 11 bfloat16 activations of 8 x 16 x 64 x 64 x 128 values.
+    assert levels[0].bytes_moved() == 11 * 2 * 8 * 16 * 64 * 64 * 128
+
+
+def test_temporal_attention_step_is_the_gradient_of_the_einsums():
+    """The timed call returns the value and gradient of sum(attention * g), as autodiff of an
+    independent float32 numpy-style reference gives them."""
+    level = temporal_attention.Level(0, batch=1, frames=3, side=2, channels=8, heads=2, blocks=1)
+    (value, (grad_qkv, grad_bias)) = temporal_attention.attention_step("xla", level)()
+    assert grad_qkv.shape == (1, 3, 4, 3, 2, 4) and grad_bias.shape == (2, 3, 3)
+    keys = jax.random.split(jax.random.key(0), 3)
+    qkv = jax.random.normal(keys[0], grad_qkv.shape, jnp.bfloat16).astype(jnp.float32)
+    bias = jax.random.normal(keys[1], (2, 3, 3), jnp.float32)
+    g = jax.random.normal(keys[2], (1, 3, 4, 2, 4), jnp.bfloat16).astype(jnp.float32)
+
+    def reference(qkv, bias):
+        q, k, v = (qkv[:, :, :, i] for i in range(3))
+        logits = jnp.einsum("btpnd,bspnd->bpnts", q, k) / 2.0 + bias
+        out = jnp.einsum("bpnts,bspnd->btpnd", jax.nn.softmax(logits, -1), v)
+        return jnp.sum(out * g)
+
+    ref_value, (ref_qkv, ref_bias) = jax.value_and_grad(reference, argnums=(0, 1))(qkv, bias)
+    np.testing.assert_allclose(value, ref_value, rtol=0.05, atol=0.05)
+    np.testing.assert_allclose(grad_bias, ref_bias, rtol=0.05, atol=0.05)
+    np.testing.assert_allclose(grad_qkv.astype(jnp.float32), ref_qkv, rtol=0.05, atol=0.05)
+
+
+def test_temporal_attention_records_time_traffic_and_a_failed_kernel():
+    level = temporal_attention.Level(0, batch=1, frames=2, side=2, channels=4, heads=1, blocks=3)
+    done = temporal_attention.measure_level("xla", level, iters=2)
+    assert done["ms_per_step"] == pytest.approx(3 * done["ms"])
+    assert done["gb_per_s"] == pytest.approx(level.bytes_moved() / (done["ms"] / 1e3) / 1e9)
+    failed = temporal_attention.measure_level("cudnn", level, iters=2)  # no cuDNN on the CPU
+    assert "error" in failed and "ms" not in failed
+    (total,) = temporal_attention.totals([done, failed, {**done, "level": 1}])
+    assert total["implementation"] == "xla"
+    assert total["ms_per_step"] == pytest.approx(2 * done["ms_per_step"])
 
 
 # ----------------------------------------------------------------------------- wiring

@@ -29,6 +29,10 @@ BENCHMARKS = {
         "imagen_video_jax.bench.paper_memory",
         "parameters and one train step's peak memory of each paper-scale stage",
     ),
+    "temporal-attention": (
+        "imagen_video_jax.bench.temporal_attention",
+        "temporal attention's forward and backward at each U-Net level, against its memory floor",
+    ),
     "paper-sample": (
         "imagen_video_jax.bench.paper_sample",
         "the paper-scale cascade (T5-XXL and seven distilled stages) sampled on one GPU",
