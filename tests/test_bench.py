@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import subprocess
 
 import flax.linen as nn
 import jax
@@ -276,6 +277,33 @@ def test_a_step_that_does_not_fit_records_the_error_and_an_estimate(monkeypatch)
     assert record["error"] == "RESOURCE_EXHAUSTED: Out of memory allocating 9.9GiB"
     assert record["devices"] == jax.device_count() and record["activations_gib"] > 0
     assert record["needs"].startswith("1 device(s)")
+
+
+def test_a_stage_out_of_time_is_recorded_with_its_last_phase(monkeypatch, capsys):
+    """The stage's process is stopped at its timeout; its record names the last progress line
+    it printed (here: still in its first step), and the budget skips the stages after it."""
+    stderr = (
+        "[paper-memory] base: 5.44 B parameters: initialising the state\n"
+        "W1122 cuda_timer.cc:88] Delay kernel timed out\n"
+        "[paper-memory] base: state ready at 41 s: first step\n"
+    )
+    clock = iter([0.0, 0.0, 400.0])
+    monkeypatch.setattr(paper_memory.time, "monotonic", lambda: next(clock))
+
+    def stopped(command, timeout, **kwargs):
+        assert command[-3:] == ["--stages", "base", "--in-process"] and timeout == 300
+        raise subprocess.TimeoutExpired(command, timeout, output=b"", stderr=stderr.encode())
+
+    monkeypatch.setattr(paper_memory.subprocess, "run", stopped)
+    base, tsr1 = paper_memory.run_isolated(["base", "tsr1"], [], 300, budget_s=350)
+    assert base == {
+        "bench": "paper_memory",
+        "stage": "base",
+        "fits": False,
+        "error": "timed out after 300 s (last: base: state ready at 41 s: first step)",
+    }
+    assert tsr1["error"] == "skipped: the 350 s budget was spent"
+    assert "Delay kernel" in capsys.readouterr().err  # the stage's stderr is passed on
 
 
 def test_what_fits_arithmetic():

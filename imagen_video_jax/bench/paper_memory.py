@@ -42,6 +42,20 @@ GRAD_BYTES_PER_PARAM = 4
 DEFAULT_DEVICE_BYTES = 141e9  # one H200, where the device reports no limit (dry runs)
 MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 GIB = 2**30
+# Marks a stage process's progress lines on stderr; a stage that runs out of time is
+# recorded with the last of them, so the record says which phase was too slow.
+PROGRESS_PREFIX = "[paper-memory]"
+
+
+def progress(stage: str, message: str) -> None:
+    """One progress line of ``stage`` on stderr (the JSON records go to stdout)."""
+    print(f"{PROGRESS_PREFIX} {stage}: {message}", file=sys.stderr, flush=True)
+
+
+def last_progress(stderr: str) -> str | None:
+    """The last progress line in a stage process's ``stderr``, without its prefix."""
+    lines = [line for line in stderr.splitlines() if line.startswith(PROGRESS_PREFIX)]
+    return lines[-1][len(PROGRESS_PREFIX) :].strip() if lines else None
 
 
 def parse_crop(text: str | None) -> tuple[int, int] | None:
@@ -198,9 +212,12 @@ def step_record(name: str, **options: Any) -> dict:
     record.update(devices=len(devices), batch_per_device=1, **measure.device_description())
     try:
         start = time.perf_counter()
+        progress(name, f"{record['params']:,} parameters: initialising the state")
         bench = TrainBench(config, devices)
+        progress(name, f"state ready at {time.perf_counter() - start:.0f} s: first step")
         measure.block(bench.step())
         first = time.perf_counter() - start
+        progress(name, f"first step done at {first:.0f} s: timing one more")
         seconds = measure.median_step_seconds(bench.step, warmup=0, iters=1)
         record.update(fits=True, first_step_s=first, step_s=seconds)
         record["peak_gib"] = measure.max_peak_memory_gib()
@@ -264,19 +281,27 @@ def run_isolated(
         found = []
         try:
             proc = subprocess.run(
-                command, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout_s
+                command, env=env, capture_output=True, text=True, timeout=timeout_s
             )
             failure = f"exit code {proc.returncode}" if proc.returncode else "no record"
-            output = proc.stdout
+            output, errors = proc.stdout, proc.stderr
         except subprocess.TimeoutExpired as err:
             failure = f"timed out after {timeout_s:.0f} s"
-            output = err.stdout.decode() if isinstance(err.stdout, bytes) else err.stdout or ""
+            output, errors = (_text(err.stdout), _text(err.stderr))
+        sys.stderr.write(errors)
+        last = last_progress(errors)
+        failure += f" (last: {last})" if last else ""
         for line in output.splitlines():
             if line.startswith("{"):
                 found.append(json.loads(line))
                 print(line, flush=True)
         records += found or [measure.emit(_failure(name, failure))]
     return records
+
+
+def _text(stream: bytes | str | None) -> str:
+    """A timed-out process's captured output as text."""
+    return stream.decode(errors="replace") if isinstance(stream, bytes) else stream or ""
 
 
 def _failure(stage: str, error: str) -> dict[str, Any]:
