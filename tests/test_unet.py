@@ -24,6 +24,7 @@ from imagen_video_jax.models.attention import (
     temporal_attention_mask,
 )
 from imagen_video_jax.models.layers import TemporalConv
+from imagen_video_jax.models.pallas_attention import pallas_frame_attention
 from imagen_video_jax.models.unet import save_matmul_outputs, upsample_condition
 
 CONFIG_FILE = bundled_config_file("imagen_video")
@@ -228,11 +229,14 @@ def _run_module(module, x, video):
     return np.asarray(out, np.float64), jax.tree.map(lambda a: np.asarray(a, np.float64), params)
 
 
-def test_temporal_attention_matches_numpy():
+@pytest.mark.parametrize("implementation", [None, "pallas"])
+def test_temporal_attention_matches_numpy(implementation):
+    """The block against float64 NumPy: through the einsums, and through the Pallas kernels
+    (interpreted on the CPU)."""
     heads, head_dim, groups, max_distance = 2, 4, 2, 2
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 2, 3, 8)), jnp.float32)
     video = jnp.asarray([[True, True, False, True, True, False], [True] * 6])
-    module = TemporalAttention(head_dim, groups, jnp.float32, max_distance)
+    module = TemporalAttention(head_dim, groups, jnp.float32, max_distance, implementation)
     out, p = _run_module(module, x, video)
 
     xs, vs = np.asarray(x, np.float64), np.asarray(video)
@@ -258,10 +262,16 @@ def _fused_xla(q, k, v, bias, mask):
     return fused_frame_attention(q, k, v, bias, mask, implementation="xla")
 
 
+def _pallas_interpreted(q, k, v, bias, mask):
+    return pallas_frame_attention(q, k, v, bias, mask, block_pixels=4, interpret=True)
+
+
+@pytest.mark.parametrize("attention", [_fused_xla, _pallas_interpreted], ids=["fused", "pallas"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_fused_frame_attention_equals_the_einsum_form(masked):
+def test_kernel_attention_equals_the_einsum_form(masked, attention):
     """Pixels folded into the heads for a fused kernel (run here through XLA's own
-    dot_product_attention): the same outputs and the same gradients, bias included, as the
+    dot_product_attention), and the Pallas kernels (interpreted; 5 pixels in blocks of 1, as
+    4 does not divide 5): the same outputs and the same gradients, bias included, as the
     einsums checked against NumPy above; image frames masked alike."""
     rng = np.random.default_rng(5)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 6, 5, 3, 4)), jnp.float32) for _ in range(3))
@@ -279,10 +289,31 @@ def test_fused_frame_attention_equals_the_einsum_form(masked):
         return out, grads
 
     want, want_grads = run(frame_attention)
-    got, got_grads = run(_fused_xla)
+    got, got_grads = run(attention)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_pallas_attention_lowers_to_triton_kernels_for_the_gpu():
+    """Lowered for CUDA from the CPU: the forward and the backward pass are each one Triton
+    kernel (Pallas' Triton lowering runs without a GPU), at the bench U-Net's head size."""
+    q = jax.ShapeDtypeStruct((1, 16, 64, 2, 64), jnp.bfloat16)
+    bias = jax.ShapeDtypeStruct((2, 16, 16), jnp.float32)
+
+    def loss(q, k, v, bias):
+        out = pallas_frame_attention(q, k, v, bias, None, interpret=False)
+        return jnp.sum(out.astype(jnp.float32))
+
+    step = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+    text = step.trace(q, q, q, bias).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 2
+
+
+def test_pallas_attention_names_shapes_triton_cannot_tile():
+    q = jnp.zeros((1, 6, 8, 1, 4))
+    with pytest.raises(ValueError, match=r"powers of 2; got \{'frames': 6\}.*attention_impl='xla'"):
+        pallas_frame_attention(q, q, q, jnp.zeros((1, 6, 6)), None, interpret=False)
 
 
 def test_temporal_attention_tells_time_direction_at_init():

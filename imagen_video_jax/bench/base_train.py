@@ -20,6 +20,7 @@ import numpy as np
 from imagen_video_jax.bench import measure
 from imagen_video_jax.config import load_config
 from imagen_video_jax.models import count_params
+from imagen_video_jax.models.validation import ATTENTION_IMPLS
 from imagen_video_jax.parallel import make_global_batch, make_mesh, mesh_context
 
 CONFIG = "configs/bench_base_train.py"
@@ -169,8 +170,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--attention",
         default="auto",
-        choices=("auto", "xla", "cudnn"),
-        help="attention kernels (cudnn: fused spatial and temporal attention; GPU only)",
+        choices=ATTENTION_IMPLS,
+        help="attention kernels (cudnn: fused spatial and temporal attention; pallas: temporal "
+        "attention by the Pallas kernels; both for the GPU)",
     )
     parser.add_argument(
         "--fit",

@@ -117,7 +117,9 @@ def unet_config(
             "guidance_input": False,  # distilled students: the guidance weight w is an input
             "dropout": 0.0,  # dropout rate inside residual blocks (train=True)
             "dtype": "bfloat16",  # compute dtype (parameters stay float32)
-            "attention_impl": "auto",  # auto | xla | cudnn (fused: spatial and temporal attention)
+            # auto | xla | cudnn (fused: spatial and temporal attention) | pallas (temporal
+            # attention by the Pallas kernels, spatial as auto)
+            "attention_impl": "auto",
             "remat": settings["remat"],  # rematerialisation: none | block | dots
         }
     )

@@ -4,7 +4,10 @@ to text tokens. Spatial and cross-attention run through ``jax.nn.dot_product_att
 the temporal attention's T x T products are einsums in the video's own layout
 (:func:`frame_attention`), or with ``implementation='cudnn'`` cuDNN's fused kernel reading that
 layout with the pixels folded into the heads (:func:`fused_frame_attention`; on an H200 a
-train step was 12 % slower with it at T = 16, docs/PERFORMANCE.md). All compute in
+train step was 12 % slower with it at T = 16, docs/PERFORMANCE.md), or with
+``implementation='pallas'`` by kernels that read that layout once
+(:mod:`imagen_video_jax.models.pallas_attention`; spatial attention then picks its kernel as
+'auto' does). All compute in
 the compute dtype, with a zero-initialised output projection so each block starts as the
 identity.
 """
@@ -22,6 +25,7 @@ from imagen_video_jax.models.layers import (
     kernel_init,
     partitioned,
 )
+from imagen_video_jax.models.pallas_attention import pallas_frame_attention
 
 
 def heads_projection(heads: int, head_dim: int, dtype, *, parts: int, name: str, in_axis: str):
@@ -47,6 +51,12 @@ def output_projection(features: int, dtype, name: str = "out") -> nn.DenseGenera
         bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)),
         name=name,
     )
+
+
+def _fused(implementation: str | None) -> str | None:
+    """``jax.nn.dot_product_attention``'s implementation for spatial attention: 'pallas' names a
+    temporal kernel only, so spatial attention picks as 'auto' (None) does."""
+    return None if implementation == "pallas" else implementation
 
 
 def _num_heads(channels: int, head_dim: int) -> int:
@@ -76,7 +86,7 @@ class SpatialAttention(nn.Module):
         )(h)
         qkv = nn.with_logical_constraint(qkv, ("batch", None, None, "heads", None))
         q, k, v = (qkv[:, :, i] for i in range(3))
-        out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+        out = jax.nn.dot_product_attention(q, k, v, implementation=_fused(self.implementation))
         out = output_projection(c, self.dtype)(out).reshape(x.shape)
         return constrain_video(x + out)
 
@@ -102,7 +112,8 @@ class TemporalAttention(nn.Module):
     groups: int
     dtype: jnp.dtype
     max_distance: int = 32
-    implementation: str | None = None  # "cudnn": a fused kernel (fused_frame_attention)
+    # "cudnn": cuDNN's fused kernel (fused_frame_attention); "pallas": pallas_frame_attention
+    implementation: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, video_frames: jax.Array | None = None) -> jax.Array:
@@ -117,6 +128,8 @@ class TemporalAttention(nn.Module):
         bias = self._relative_position_bias(heads, t)
         if self.implementation == "cudnn":
             out = fused_frame_attention(q, k, v, bias, mask, self.implementation)
+        elif self.implementation == "pallas":
+            out = pallas_frame_attention(q, k, v, bias, mask)
         else:
             out = frame_attention(q, k, v, bias, mask)
         out = output_projection(c, self.dtype)(out).reshape(x.shape)
