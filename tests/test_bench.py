@@ -342,11 +342,12 @@ def test_temporal_attention_levels_are_those_of_the_bench_unet():
     assert levels[0].bytes_moved() == 11 * 2 * 8 * 16 * 64 * 64 * 128
 
 
-def test_temporal_attention_step_is_the_gradient_of_the_einsums():
+@pytest.mark.parametrize("implementation", ["xla", "pallas/2"])
+def test_temporal_attention_step_is_the_gradient_of_the_einsums(implementation):
     """The timed call returns the value and gradient of sum(attention * g), as autodiff of an
-    independent float32 numpy-style reference gives them."""
+    independent float32 reference gives them (the Pallas kernels interpreted on the CPU)."""
     level = temporal_attention.Level(0, batch=1, frames=3, side=2, channels=8, heads=2, blocks=1)
-    (value, (grad_qkv, grad_bias)) = temporal_attention.attention_step("xla", level)()
+    (value, (grad_qkv, grad_bias)) = temporal_attention.attention_step(implementation, level)()
     assert grad_qkv.shape == (1, 3, 4, 3, 2, 4) and grad_bias.shape == (2, 3, 3)
     keys = jax.random.split(jax.random.key(0), 3)
     qkv = jax.random.normal(keys[0], grad_qkv.shape, jnp.bfloat16).astype(jnp.float32)
@@ -363,6 +364,13 @@ def test_temporal_attention_step_is_the_gradient_of_the_einsums():
     np.testing.assert_allclose(value, ref_value, rtol=0.05, atol=0.05)
     np.testing.assert_allclose(grad_bias, ref_bias, rtol=0.05, atol=0.05)
     np.testing.assert_allclose(grad_qkv.astype(jnp.float32), ref_qkv, rtol=0.05, atol=0.05)
+
+
+def test_temporal_attention_implementations_are_named_with_their_pixel_block():
+    assert callable(temporal_attention.attention_fn("pallas/16"))
+    for bad in ("pallas/x", "xla/4", "triton"):
+        with pytest.raises(ValueError, match="choose from"):
+            temporal_attention.attention_fn(bad)
 
 
 def test_temporal_attention_records_time_traffic_and_a_failed_kernel():

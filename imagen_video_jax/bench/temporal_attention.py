@@ -1,8 +1,9 @@
 """Temporal attention alone: forward and backward at each level of the bench-base-train U-Net.
 
 Times the T x T attention among the frames at every pixel (:func:`frame_attention`, the
-einsums that ``model.attention_impl`` 'auto' and 'xla' use, and :func:`fused_frame_attention`,
-cuDNN's fused kernel for 'cudnn'), from q, k, v to their gradients, at the activation shape
+einsums that ``model.attention_impl`` 'auto' and 'xla' use, :func:`fused_frame_attention`,
+cuDNN's fused kernel for 'cudnn', and :func:`pallas_frame_attention` for 'pallas', named
+``pallas/N`` for a block of N pixels), from q, k, v to their gradients, at the activation shape
 of every level, with that level's number of blocks. Each call must move at least the
 activations it reads and writes: q, k, v and the output forward, and q, k, v, the output's
 gradient and the three input gradients backward, 11 activations in all. The achieved GB/s
@@ -22,15 +23,31 @@ import jax.numpy as jnp
 from imagen_video_jax.bench import measure
 from imagen_video_jax.configs.imagen_video import bench_base_train_model_config
 from imagen_video_jax.models.attention import frame_attention, fused_frame_attention
+from imagen_video_jax.models.pallas_attention import DEFAULT_BLOCK_PIXELS, pallas_frame_attention
 
 # Activations a forward and backward call moves at the least: q, k, v, out; then q, k, v,
 # d out in and d q, d k, d v out.
 ACTIVATIONS_MOVED = 11
 
-IMPLEMENTATIONS: dict[str, Callable[..., jax.Array]] = {
-    "xla": lambda q, k, v, bias: frame_attention(q, k, v, bias, None),
-    "cudnn": lambda q, k, v, bias: fused_frame_attention(q, k, v, bias, None, "cudnn"),
-}
+IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+
+
+def attention_fn(implementation: str) -> Callable[..., jax.Array]:
+    """(q, k, v, bias) -> out of ``implementation``: xla, cudnn, pallas or pallas/N (a block
+    of N pixels a program)."""
+    name, _, block = implementation.partition("/")
+    if name == "xla" and not block:
+        return lambda q, k, v, bias: frame_attention(q, k, v, bias, None)
+    if name == "cudnn" and not block:
+        return lambda q, k, v, bias: fused_frame_attention(q, k, v, bias, None, "cudnn")
+    if name == "pallas" and (block.isdigit() or not block):
+        pixels = int(block or DEFAULT_BLOCK_PIXELS)
+        return lambda q, k, v, bias: pallas_frame_attention(
+            q, k, v, bias, None, block_pixels=pixels
+        )
+    raise ValueError(
+        f"unknown implementation {implementation!r}: choose from {IMPLEMENTATIONS} or pallas/N"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +97,7 @@ def bench_levels(batch: int = 8, frames: int = 16, side: int = 64) -> list[Level
 def attention_step(implementation: str, level: Level, seed: int = 0) -> Callable[[], Any]:
     """A jitted forward and backward call of ``implementation`` at ``level``, on bfloat16
     q, k, v read from one [B, T, P, 3, heads, d] projection as the U-Net's block does."""
-    attend = IMPLEMENTATIONS[implementation]
+    attend = attention_fn(implementation)
     b, t, h, w, c = level.shape
     keys = jax.random.split(jax.random.key(seed), 3)
     qkv = jax.random.normal(keys[0], (b, t, h * w, 3, level.heads, c // level.heads), jnp.bfloat16)
@@ -137,16 +154,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="clips")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument(
-        "--implementations", default=",".join(IMPLEMENTATIONS), help="comma-separated: xla, cudnn"
+        "--implementations",
+        default="xla,cudnn,pallas/4,pallas/8,pallas/16",
+        help="comma-separated: xla, cudnn, pallas/N (N pixels a program)",
     )
     parser.add_argument("--iters", type=int, default=20, help="timed calls after warm-up")
 
 
 def main(args: argparse.Namespace) -> int:
     names = [n for n in args.implementations.split(",") if n]
-    unknown = sorted(set(names) - set(IMPLEMENTATIONS))
-    if unknown:
-        raise SystemExit(f"unknown implementations {unknown}; choose from {list(IMPLEMENTATIONS)}")
+    try:
+        for name in names:
+            attention_fn(name)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     records = [
         measure.emit(measure_level(name, level, args.iters))
         for level in bench_levels(args.batch, args.frames)
