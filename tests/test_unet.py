@@ -9,6 +9,8 @@ hide any mixing). Equality tests compute in float32 so bfloat16 rounding cannot 
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,11 +23,14 @@ from imagen_video_jax.models.attention import (
     TemporalAttention,
     frame_attention,
     fused_frame_attention,
+    per_shard,
     temporal_attention_mask,
 )
 from imagen_video_jax.models.layers import TemporalConv
 from imagen_video_jax.models.pallas_attention import pallas_frame_attention
 from imagen_video_jax.models.unet import save_matmul_outputs, upsample_condition
+from imagen_video_jax.parallel import make_mesh, mesh_context
+from imagen_video_jax.parallel.mesh import DEFAULT_RULES
 
 CONFIG_FILE = bundled_config_file("imagen_video")
 
@@ -314,6 +319,45 @@ def test_pallas_attention_names_shapes_triton_cannot_tile():
     q = jnp.zeros((1, 6, 8, 1, 4))
     with pytest.raises(ValueError, match=r"powers of 2; got \{'frames': 6\}.*attention_impl='xla'"):
         pallas_frame_attention(q, q, q, jnp.zeros((1, 6, 6)), None, interpret=False)
+
+
+def test_pallas_attention_refuses_a_backend_without_its_kernels(monkeypatch):
+    """On a TPU the Triton kernels cannot compile, and the interpreter would be silently slow."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    q = jnp.zeros((1, 4, 8, 1, 4))
+    with pytest.raises(ValueError, match="GPUs only, not 'tpu'"):
+        pallas_frame_attention(q, q, q, jnp.zeros((1, 4, 4)), None)
+
+
+def test_pallas_attention_runs_per_shard_under_a_mesh():
+    """Under a 4 x 2 (data, tensor) mesh of the 8 CPU devices the kernels run on each device's
+    shard of the batch and heads: the same gradients as the einsums, bias included (summed
+    over the batch shards); lowered for a GPU, each Triton kernel takes one device's shard
+    [1, T, P, 1, d], never the whole [4, T, P, 2, d] gathered."""
+    mesh = make_mesh({"data": 4, "fsdp": 1, "tensor": 2})
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(4, 4, 8, 2, 4)), jnp.float32) for _ in range(3))
+    bias = jnp.asarray(rng.normal(size=(2, 4, 4)), jnp.float32)
+    mask = temporal_attention_mask(jnp.asarray([[True, False, True, True]] * 4))
+
+    def grads(attend):
+        def loss(q, k, v, bias):
+            return jnp.sum(jnp.sin(attend(q, k, v, bias, mask)))
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+
+    want = grads(frame_attention)(q, k, v, bias)
+    compiled = functools.partial(pallas_frame_attention, interpret=False)
+    with mesh_context(mesh, DEFAULT_RULES):
+        got = grads(lambda *args: per_shard(pallas_frame_attention, *args))(q, k, v, bias)
+        step = grads(lambda *args: per_shard(compiled, *args))
+        text = step.trace(q, k, v, bias).lower(lowering_platforms=("cuda",)).as_text()
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    kernels = [line for line in text.splitlines() if "__gpu$xla.gpu.triton" in line]
+    assert len(kernels) == 2
+    assert all("tensor<1x4x8x1x4xf32>" in line for line in kernels)
+    assert not any("tensor<4x4x8x2x4xf32>" in line for line in kernels)
 
 
 def test_temporal_attention_tells_time_direction_at_init():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from imagen_video_jax.models.layers import (
     FrameGroupNorm,
@@ -129,7 +130,7 @@ class TemporalAttention(nn.Module):
         if self.implementation == "cudnn":
             out = fused_frame_attention(q, k, v, bias, mask, self.implementation)
         elif self.implementation == "pallas":
-            out = pallas_frame_attention(q, k, v, bias, mask)
+            out = per_shard(pallas_frame_attention, q, k, v, bias, mask)
         else:
             out = frame_attention(q, k, v, bias, mask)
         out = output_projection(c, self.dtype)(out).reshape(x.shape)
@@ -181,6 +182,32 @@ def frame_attention(
         logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bpnts,bspnd->btpnd", probs, v)
+
+
+def per_shard(attend, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, mask):
+    """``attend(q, k, v, bias, mask)`` on each device's shard of the batch and heads.
+
+    A custom kernel has no partitioning rule, so under a mesh XLA would gather its operands
+    onto every device; this runs it per shard instead (shard_map over the mesh set by
+    ``jax.set_mesh``, with the logical axis rules in effect: q, k, v [B, T, P, heads, d] split
+    by 'batch' and 'heads', the bias [heads, T, T] by 'heads', the mask [B, T, T] by 'batch').
+    Without a mesh of more than one device it is a plain call.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return attend(q, k, v, bias, mask)
+    batch, heads = nn.logical_to_mesh_axes(("batch", "heads"))
+    video = P(batch, None, None, heads, None)
+    specs = [video, video, video, P(heads)] + ([] if mask is None else [P(batch)])
+
+    def local(q, k, v, bias, *mask_shard):
+        return attend(q, k, v, bias, *(mask_shard or [None]))
+
+    # check_vma off: a pallas_call's outputs do not say how they vary over the mesh axes.
+    sharded = jax.shard_map(
+        local, mesh=mesh, in_specs=tuple(specs), out_specs=video, check_vma=False
+    )
+    return sharded(q, k, v, bias, *([] if mask is None else [mask]))
 
 
 def fused_frame_attention(

@@ -2,7 +2,7 @@
 
 :func:`frame_attention`'s einsums keep (B, pixels, heads) as batch axes, so XLA transposes q, k,
 v and the output of every call, and the T x T products run as a batch of tiny matmuls; on an
-H200 a forward and backward call moves its activations at 15 % of the memory bandwidth
+H200 a forward and backward call moves its activations at about 14 % of the memory bandwidth
 (docs/PERFORMANCE.md, "Temporal attention alone"). Here each program takes one example, one
 head and a block of pixels, [T, pixels, d] of q, k and v in place, and runs the softmax over
 the T key frames one frame at a time (the online softmax of flash attention) in registers:
@@ -10,7 +10,8 @@ nothing is transposed and each activation is read once. The backward kernel reco
 probabilities from the forward's log-sum-exp.
 
 On a GPU the kernels compile through Triton, which needs T, d and the pixel block to be powers
-of 2; elsewhere they run in Pallas' interpreter (tests).
+of 2; on the CPU they run in Pallas' interpreter (tests); other backends are refused. q, k and
+v, sliced from one projection, are copied once as the kernels' operands.
 """
 
 from __future__ import annotations
@@ -52,11 +53,11 @@ def pallas_frame_attention(
     ``q``, ``k``, ``v`` [B, T, P, heads, d], ``bias`` [heads, T, T] (query, key), ``mask`` None or
     [B, T, T] (True: the query frame may attend to the key frame; every query must keep at
     least one key) -> [B, T, P, heads, d] in ``q``'s dtype; softmax in float32. ``interpret``:
-    run in Pallas' interpreter (default: unless the default backend is a GPU).
+    run in Pallas' interpreter (default: on the CPU backend, compiled on a GPU).
     """
     b, t, p, n, d = q.shape
     if interpret is None:
-        interpret = jax.default_backend() != "gpu"
+        interpret = _interpret_on(jax.default_backend())
     pixels = _pixel_block(p, block_pixels)
     if not interpret:
         _check_powers_of_two(frames=t, head_dim=d, block_pixels=pixels)
@@ -72,6 +73,16 @@ def key_major_bias(bias: jax.Array, mask: jax.Array | None, batch: int) -> jax.A
     if mask is None:
         return logit_bias
     return jnp.where(jnp.swapaxes(mask, 1, 2)[:, None], logit_bias, MASKED_LOGIT)
+
+
+def _interpret_on(backend: str) -> bool:
+    """Compiled (Triton) on a GPU, interpreted on the CPU; no kernel for other backends."""
+    if backend not in ("gpu", "cpu"):
+        raise ValueError(
+            f"the Pallas temporal attention has Triton kernels for GPUs only, not {backend!r}: "
+            "use model.attention_impl='xla' (or 'auto')"
+        )
+    return backend == "cpu"
 
 
 def _pixel_block(pixels: int, largest: int) -> int:
