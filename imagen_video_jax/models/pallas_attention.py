@@ -10,8 +10,9 @@ nothing is transposed and each activation is read once. The backward kernel reco
 probabilities from the forward's log-sum-exp.
 
 On a GPU the kernels compile through Triton, which needs T, d and the pixel block to be powers
-of 2; on the CPU they run in Pallas' interpreter (tests); other backends are refused. q, k and
-v, sliced from one projection, are copied once as the kernels' operands.
+of 2 (the pixel block always is); on the CPU they run in Pallas' interpreter (tests); other
+backends are refused. q, k and v, sliced from one projection, are copied once as the kernels'
+operands.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def pallas_frame_attention(
         interpret = _interpret_on(jax.default_backend())
     pixels = _pixel_block(p, block_pixels)
     if not interpret:
-        _check_powers_of_two(frames=t, head_dim=d, block_pixels=pixels)
+        _check_powers_of_two(frames=t, head_dim=d)  # the pixel block is one by construction
     return _attention(q, k, v, key_major_bias(bias, mask, b), pixels, interpret)
 
 
