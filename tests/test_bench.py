@@ -366,8 +366,16 @@ def test_temporal_attention_step_is_the_gradient_of_the_einsums(implementation):
     np.testing.assert_allclose(grad_qkv.astype(jnp.float32), ref_qkv, rtol=0.05, atol=0.05)
 
 
-def test_temporal_attention_implementations_are_named_with_their_pixel_block():
-    assert callable(temporal_attention.attention_fn("pallas/16"))
+def test_temporal_attention_implementations_are_named_with_their_pixel_block(monkeypatch):
+    calls = []
+
+    def attend_frames(q, k, v, bias, mask, implementation, **options):
+        calls.append((implementation, options))
+
+    monkeypatch.setattr(temporal_attention, "attend_frames", attend_frames)
+    for name in ("pallas/16", "pallas", "xla"):
+        temporal_attention.attention_fn(name)(None, None, None, None)
+    assert calls == [("pallas", {"block_pixels": 16}), ("pallas", {}), ("xla", {})]
     for bad in ("pallas/x", "xla/4", "triton"):
         with pytest.raises(ValueError, match="choose from"):
             temporal_attention.attention_fn(bad)

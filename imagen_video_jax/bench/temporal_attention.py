@@ -22,8 +22,7 @@ import jax.numpy as jnp
 
 from imagen_video_jax.bench import measure
 from imagen_video_jax.configs.imagen_video import bench_base_train_model_config
-from imagen_video_jax.models.attention import frame_attention, fused_frame_attention
-from imagen_video_jax.models.pallas_attention import DEFAULT_BLOCK_PIXELS, pallas_frame_attention
+from imagen_video_jax.models.attention import attend_frames
 
 # Activations a forward and backward call moves at the least: q, k, v, out; then q, k, v,
 # d out in and d q, d k, d v out.
@@ -34,20 +33,14 @@ IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
 
 def attention_fn(implementation: str) -> Callable[..., jax.Array]:
     """(q, k, v, bias) -> out of ``implementation``: xla, cudnn, pallas or pallas/N (a block
-    of N pixels a program)."""
+    of N pixels a program), through the U-Net block's own :func:`attend_frames`."""
     name, _, block = implementation.partition("/")
-    if name == "xla" and not block:
-        return lambda q, k, v, bias: frame_attention(q, k, v, bias, None)
-    if name == "cudnn" and not block:
-        return lambda q, k, v, bias: fused_frame_attention(q, k, v, bias, None, "cudnn")
-    if name == "pallas" and (block.isdigit() or not block):
-        pixels = int(block or DEFAULT_BLOCK_PIXELS)
-        return lambda q, k, v, bias: pallas_frame_attention(
-            q, k, v, bias, None, block_pixels=pixels
+    if name not in IMPLEMENTATIONS or (block and not (name == "pallas" and block.isdigit())):
+        raise ValueError(
+            f"unknown implementation {implementation!r}: choose from {IMPLEMENTATIONS} or pallas/N"
         )
-    raise ValueError(
-        f"unknown implementation {implementation!r}: choose from {IMPLEMENTATIONS} or pallas/N"
-    )
+    options = {"block_pixels": int(block)} if block else {}
+    return lambda q, k, v, bias: attend_frames(q, k, v, bias, None, name, **options)
 
 
 @dataclasses.dataclass(frozen=True)

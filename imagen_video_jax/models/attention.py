@@ -14,6 +14,9 @@ identity.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -127,12 +130,7 @@ class TemporalAttention(nn.Module):
         mask = None if video_frames is None else temporal_attention_mask(video_frames)
         q, k, v = (qkv[:, :, :, i] for i in range(3))
         bias = self._relative_position_bias(heads, t)
-        if self.implementation == "cudnn":
-            out = fused_frame_attention(q, k, v, bias, mask, self.implementation)
-        elif self.implementation == "pallas":
-            out = per_shard(pallas_frame_attention, q, k, v, bias, mask)
-        else:
-            out = frame_attention(q, k, v, bias, mask)
+        out = attend_frames(q, k, v, bias, mask, self.implementation)
         out = output_projection(c, self.dtype)(out).reshape(x.shape)
         if video_frames is not None:
             out = out * frame_gate(video_frames, out.dtype)
@@ -182,6 +180,26 @@ def frame_attention(
         logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bpnts,bspnd->btpnd", probs, v)
+
+
+def attend_frames(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array,
+    mask: jax.Array | None,
+    implementation: str | None,
+    **kernel_options: Any,
+) -> jax.Array:
+    """Temporal attention by ``implementation``: 'cudnn' (:func:`fused_frame_attention`),
+    'pallas' (:func:`pallas_frame_attention` per shard, ``kernel_options`` passed to it), else
+    the einsums of :func:`frame_attention`. Shapes as :func:`frame_attention`'s."""
+    if implementation == "cudnn":
+        return fused_frame_attention(q, k, v, bias, mask, implementation)
+    if implementation == "pallas":
+        kernels = functools.partial(pallas_frame_attention, **kernel_options)
+        return per_shard(kernels, q, k, v, bias, mask)
+    return frame_attention(q, k, v, bias, mask)
 
 
 def per_shard(attend, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, mask):
