@@ -148,7 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument(
         "--implementations",
-        default="xla,cudnn,pallas/4,pallas/8,pallas/16",
+        default="xla,cudnn,pallas/1,pallas/2,pallas/4,pallas/8",
         help="comma-separated: xla, cudnn, pallas/N (N pixels a program)",
     )
     parser.add_argument("--iters", type=int, default=20, help="timed calls after warm-up")
