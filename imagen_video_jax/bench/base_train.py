@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import sys
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from imagen_video_jax.bench import measure
+from imagen_video_jax.bench import measure, profile
 from imagen_video_jax.config import load_config
 from imagen_video_jax.models import count_params
 from imagen_video_jax.models.validation import ATTENTION_IMPLS
 from imagen_video_jax.parallel import make_global_batch, make_mesh, mesh_context
 
 CONFIG = "configs/bench_base_train.py"
+PROFILED_STEPS = 3
+# JAX ops of a profile reported, the largest first.
+PROFILE_ROWS = 25
 
 
 def bench_config(
@@ -62,11 +66,21 @@ class TrainBench:
             self.state, metrics = self.train_step.jitted(self.state, self.batch, None)
         return metrics
 
+    def compiled(self) -> Any:
+        """The step as compiled for the timing (XLA's compile cache returns the same program)."""
+        with mesh_context(self.mesh, self.rules):
+            return self.train_step.jitted.lower(self.state, self.batch, None).compile()
+
     def memory_gib(self) -> float:
         """Arguments + temporaries of the compiled step per device, from XLA's memory analysis."""
-        with mesh_context(self.mesh, self.rules):
-            compiled = self.train_step.jitted.lower(self.state, self.batch, None).compile()
-        return measure.compiled_memory_bytes(compiled)["total_bytes"] / 2**30
+        return measure.compiled_memory_bytes(self.compiled())["total_bytes"] / 2**30
+
+    def profile(self, profile_dir: str, steps: int = PROFILED_STEPS) -> list[dict[str, Any]]:
+        """Trace ``steps`` steps into ``profile_dir``; returns the device time a step by JAX op."""
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+            for _ in range(steps):
+                measure.block(self.step())
+        return profile.summarize(profile_dir, self.compiled().as_text(), steps)
 
 
 def step_flops(config: ml_collections.ConfigDict) -> float:
@@ -114,10 +128,7 @@ def run(
         bench = TrainBench(config)
         seconds = measure.median_step_seconds(bench.step, iters=iters)
         flops = flops_future.result()
-    if profile_dir:
-        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
-            for _ in range(3):
-                measure.block(bench.step())
+    profiled = bench.profile(profile_dir) if profile_dir else []
     achieved = flops / seconds / 1e12
     records.append(
         measure.emit(
@@ -140,6 +151,9 @@ def run(
         )
     )
     del bench
+    records += [measure.emit({"bench": "base_train_profile", **r}) for r in profiled[:PROFILE_ROWS]]
+    if hint := profile.unnamed_kernels_hint(profiled):
+        print(hint, file=sys.stderr)
     for batch in fit_batches:
         records.append(
             measure.emit(
@@ -181,7 +195,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--iters", type=int, default=20, help="timed steps after warm-up")
     parser.add_argument(
-        "--profile", default=None, help="write a jax.profiler trace of 3 steps here"
+        "--profile",
+        default=None,
+        help="write a jax.profiler trace of 3 steps here, and report their device time by "
+        "JAX op (on a GPU, with XLA_FLAGS=--xla_gpu_enable_command_buffer=)",
     )
 
 
@@ -198,4 +215,7 @@ def main(args: argparse.Namespace) -> int:
     )
     columns = ("bench", "batch", "batch_per_device", "step_ms", "clips_per_s", "tflops", "mfu")
     measure.print_table(records, columns + ("compiled_gib", "peak_gib", "fits"))
+    profiled = [r for r in records if r["bench"] == "base_train_profile"]
+    if profiled:
+        measure.print_table(profiled, ("jax_op", "ms_per_step", "kernels_per_step"))
     return 0

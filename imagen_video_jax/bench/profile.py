@@ -1,0 +1,119 @@
+"""Where a profiled program's accelerator time goes, by the JAX op each kernel came from.
+
+A ``jax.profiler`` trace names the HLO op of each device kernel, and the compiled program's
+optimised HLO names, in each op's metadata, the JAX op it came from (its ``op_name``: the
+module path, e.g. ``jit(step)/jvp(VideoUNet)/down_0_0/res/conv_in/conv_general_dilated``).
+Joining the two gives milliseconds a step per JAX op. On a GPU, XLA runs most of a step as
+CUDA graphs, whose kernels the trace names only as ``command_buffer_N``: profile with
+``XLA_FLAGS=--xla_gpu_enable_command_buffer=`` to have every kernel named.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+# An HLO instruction line: its name, then (if it has one) the op_name of its metadata.
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?op_name=\"([^\"]*)\"", re.M)
+# Layer indices at the end of a module path's part (down_0_1, blocks_3).
+_INDEX = re.compile(r"(?:_\d+)+$")
+COMMAND_BUFFER = "command_buffer"
+UNNAMED = "(no JAX op)"
+
+
+def latest_trace(profile_dir: str | Path) -> Path:
+    """The newest perfetto trace ``jax.profiler.trace(..., create_perfetto_trace=True)`` wrote."""
+    traces = sorted(Path(profile_dir).glob("plugins/profile/*/perfetto_trace.json.gz"))
+    if not traces:
+        raise FileNotFoundError(f"no perfetto_trace.json.gz under {profile_dir}/plugins/profile")
+    return traces[-1]
+
+
+def device_kernel_ms(trace: dict[str, Any] | list) -> dict[str, tuple[float, int]]:
+    """HLO op -> (milliseconds, kernels) of the trace's device kernels, summed over the whole
+    trace: the events of processes named ``/device:...`` (GPU, TPU), or where there are none
+    (the CPU backend, which runs its HLO ops on host threads) the events that name an HLO op."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    devices = {
+        e["pid"]
+        for e in events
+        if e.get("ph") == "M"
+        and e.get("name") == "process_name"
+        and str(e.get("args", {}).get("name", "")).startswith("/device:")
+    }
+
+    def is_kernel(event: dict[str, Any]) -> bool:
+        if devices:
+            return event.get("pid") in devices
+        return "hlo_op" in event.get("args", {})
+
+    totals: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
+    for e in events:
+        if e.get("ph") == "X" and is_kernel(e):
+            op = e.get("args", {}).get("hlo_op") or e["name"]
+            totals[op][0] += e["dur"] / 1e3  # the trace's times are microseconds
+            totals[op][1] += 1
+    return {op: (ms, n) for op, (ms, n) in totals.items()}
+
+
+def read_trace(path: str | Path) -> dict[str, Any] | list:
+    with gzip.open(path, "rt") as f:
+        return json.load(f)
+
+
+def hlo_op_sources(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> the op_name of its metadata, from optimised HLO text."""
+    return {m.group(1): m.group(2) for m in _INSTRUCTION.finditer(hlo_text)}
+
+
+def jax_op_key(op_name: str, depth: int = 3) -> str:
+    """The last ``depth`` parts of a JAX op's path, layer indices dropped, so that the same
+    layer at every level of a U-Net adds up (``down_0_1/res/conv_in/conv_general_dilated``
+    -> ``res/conv_in/conv_general_dilated``)."""
+    parts = [_INDEX.sub("", part) for part in op_name.split("/") if part]
+    return "/".join(parts[-depth:])
+
+
+def time_by_jax_op(
+    kernels: dict[str, tuple[float, int]], sources: dict[str, str], steps: int, depth: int = 3
+) -> list[dict[str, Any]]:
+    """Milliseconds and kernels a step by JAX op (:func:`jax_op_key`), largest first. Kernels
+    of HLO ops without an op_name count as ``(no JAX op)``; CUDA graphs as ``command_buffer``."""
+    by_op: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
+    for hlo_op, (ms, count) in kernels.items():
+        if hlo_op.startswith(COMMAND_BUFFER):
+            key = COMMAND_BUFFER
+        elif hlo_op in sources:
+            key = jax_op_key(sources[hlo_op], depth)
+        else:
+            key = UNNAMED
+        by_op[key][0] += ms / steps
+        by_op[key][1] += count / steps
+    rows = [
+        {"jax_op": key, "ms_per_step": ms, "kernels_per_step": count}
+        for key, (ms, count) in by_op.items()
+    ]
+    return sorted(rows, key=lambda row: -row["ms_per_step"])
+
+
+def summarize(profile_dir: str | Path, hlo_text: str, steps: int) -> list[dict[str, Any]]:
+    """:func:`time_by_jax_op` of the newest trace under ``profile_dir``."""
+    kernels = device_kernel_ms(read_trace(latest_trace(profile_dir)))
+    return time_by_jax_op(kernels, hlo_op_sources(hlo_text), steps)
+
+
+def unnamed_kernels_hint(rows: list[dict[str, Any]]) -> str | None:
+    """A note when most of the time is in CUDA graphs, whose kernels name no HLO op."""
+    total = sum(row["ms_per_step"] for row in rows)
+    graphs = sum(row["ms_per_step"] for row in rows if row["jax_op"] == COMMAND_BUFFER)
+    if total and graphs > total / 2:
+        return (
+            f"{graphs / total:.0%} of the profiled device time ran in CUDA graphs, whose kernels "
+            "name no HLO op: profile with XLA_FLAGS=--xla_gpu_enable_command_buffer= to have "
+            "each kernel attributed to its JAX op"
+        )
+    return None

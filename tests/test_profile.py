@@ -1,0 +1,96 @@
+"""The profile summary: device time a step by the JAX op each kernel came from."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from imagen_video_jax.bench import profile
+
+GPU = 1
+HOST = 2
+
+
+def _trace(*kernels):
+    """A perfetto trace: a GPU process with ``kernels`` (hlo_op, microseconds) and a host
+    event that must not count."""
+    meta = [
+        {"ph": "M", "pid": GPU, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "pid": HOST, "name": "process_name", "args": {"name": "/host:CPU"}},
+    ]
+    host = [{"ph": "X", "pid": HOST, "ts": 0, "dur": 9e6, "name": "launch", "args": {}}]
+    events = [
+        {"ph": "X", "pid": GPU, "ts": i, "dur": us, "name": "k", "args": {"hlo_op": op}}
+        for i, (op, us) in enumerate(kernels)
+    ]
+    return {"traceEvents": meta + host + events}
+
+
+def test_kernels_add_up_by_jax_op_with_layer_indices_dropped():
+    trace = _trace(
+        ("fusion.1", 200.0), ("fusion.1", 200.0), ("fusion.2", 100.0),  # two steps
+        ("command_buffer_3", 50.0), ("custom-call.7", 30.0),
+    )  # fmt: skip
+    sources = {
+        "fusion.1": "jit(step)/jvp(VideoUNet)/down_0_1/res/conv_in/conv_general_dilated",
+        "fusion.2": "jit(step)/jvp(VideoUNet)/up_1_0/res/conv_in/conv_general_dilated",
+    }
+    rows = profile.time_by_jax_op(profile.device_kernel_ms(trace), sources, steps=2)
+    assert [r["jax_op"] for r in rows] == [
+        "res/conv_in/conv_general_dilated",
+        profile.COMMAND_BUFFER,
+        profile.UNNAMED,
+    ]
+    conv, graphs, unnamed = rows
+    assert conv["ms_per_step"] == pytest.approx((200 + 200 + 100) / 1e3 / 2)
+    assert conv["kernels_per_step"] == 1.5
+    assert graphs["ms_per_step"] == pytest.approx(0.025)
+    assert unnamed["ms_per_step"] == pytest.approx(0.015)
+
+
+def test_jax_op_key_keeps_the_last_parts_without_indices():
+    name = "jit(step)/transpose(jvp(VideoUNet))/down_0_1/temporal_attention/qkv/dot_general"
+    assert profile.jax_op_key(name) == "temporal_attention/qkv/dot_general"
+    assert profile.jax_op_key(name, depth=4) == "down/temporal_attention/qkv/dot_general"
+    assert profile.jax_op_key("blocks_3/w2v_1/add") == "blocks/w2v/add"
+
+
+def test_a_profile_mostly_in_cuda_graphs_says_how_to_name_its_kernels():
+    rows = [
+        {"jax_op": profile.COMMAND_BUFFER, "ms_per_step": 3.0},
+        {"jax_op": "res/conv_in/conv_general_dilated", "ms_per_step": 1.0},
+    ]
+    assert "--xla_gpu_enable_command_buffer=" in profile.unnamed_kernels_hint(rows)
+    rows[1]["ms_per_step"] = 4.0
+    assert profile.unnamed_kernels_hint(rows) is None
+
+
+def test_a_missing_trace_is_named():
+    with pytest.raises(FileNotFoundError, match="no perfetto_trace"):
+        profile.latest_trace("/nonexistent/profile")
+
+
+def test_a_real_cpu_profile_is_attributed_to_the_named_scope(tmp_path):
+    @jax.jit
+    def f(x):
+        with jax.named_scope("block_3"):
+            y = jnp.sin(x)
+        return jnp.tanh(y @ x.T).sum()
+
+    x = jnp.ones((256, 256))
+    f(x).block_until_ready()
+    steps = 3
+    with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+        for _ in range(steps):
+            f(x).block_until_ready()
+    kernels = profile.device_kernel_ms(profile.read_trace(profile.latest_trace(tmp_path)))
+    rows = profile.summarize(tmp_path, f.lower(x).compile().as_text(), steps)
+    by_op = {r["jax_op"]: r for r in rows}
+    # The sine runs as its own kernel, once a step, under the scope's name without its index;
+    # the step's whole traced time is attributed to some JAX op.
+    assert by_op["jit(f)/block/sin"]["kernels_per_step"] == 1
+    assert profile.UNNAMED not in by_op
+    assert sum(r["ms_per_step"] for r in rows) == pytest.approx(
+        sum(ms for ms, _ in kernels.values()) / steps
+    )
