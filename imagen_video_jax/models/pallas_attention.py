@@ -17,8 +17,8 @@ operands.
 Measured on an H200 (docs/PERFORMANCE.md): alone, the kernels take 22.1 ms a training step of
 the bench U-Net against the einsums' 16.6 ms, yet the whole step is faster with them, 114.8
 against 120.3 ms (``imagen-video bench base-train --attention pallas``). The products are
-reductions over d across a warp's lanes, not tensor-core dots, which is what keeps a call at
-about 560 GB/s; a [T, d] x [d, T] dot per pixel is the next thing to try.
+reductions over d across a warp's lanes, not tensor-core dots, the likely reason a call stays
+at 380-590 GB/s; a [T, d] x [d, T] dot per pixel is the next thing to try.
 """
 
 from __future__ import annotations
