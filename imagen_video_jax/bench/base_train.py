@@ -200,7 +200,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
         default=None,
-        help="write a jax.profiler trace of 3 steps here, and report their device time by "
+        help=f"write a jax.profiler trace of {PROFILED_STEPS} steps here, and report their "
+        "device time by "
         "JAX op (on a GPU, with XLA_FLAGS=--xla_gpu_enable_command_buffer=)",
     )
 
