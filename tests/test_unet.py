@@ -27,7 +27,7 @@ from imagen_video_jax.models.attention import (
     temporal_attention_mask,
 )
 from imagen_video_jax.models.layers import TemporalConv
-from imagen_video_jax.models.pallas_attention import pallas_frame_attention
+from imagen_video_jax.models.pallas_attention import pallas_frame_attention, uses_dots
 from imagen_video_jax.models.unet import save_matmul_outputs, upsample_condition
 from imagen_video_jax.parallel import make_mesh, mesh_context
 from imagen_video_jax.parallel.mesh import DEFAULT_RULES
@@ -271,18 +271,31 @@ def _pallas_interpreted(q, k, v, bias, mask):
     return pallas_frame_attention(q, k, v, bias, mask, block_pixels=4, interpret=True)
 
 
-@pytest.mark.parametrize("attention", [_fused_xla, _pallas_interpreted], ids=["fused", "pallas"])
+# (frames, pixels, heads, head_dim): 6 frames and heads of 4 take the lane reductions (5 pixels
+# in blocks of 1, as 4 does not divide 5); 16 frames and heads of 16 take the dots.
+LANE_SHAPE, DOT_SHAPE = (6, 5, 3, 4), (16, 8, 2, 16)
+
+
+@pytest.mark.parametrize(
+    ("attention", "shape"),
+    [(_fused_xla, LANE_SHAPE), (_pallas_interpreted, LANE_SHAPE), (_pallas_interpreted, DOT_SHAPE)],
+    ids=["fused", "pallas-lanes", "pallas-dots"],
+)
 @pytest.mark.parametrize("masked", [False, True])
-def test_kernel_attention_equals_the_einsum_form(masked, attention):
+def test_kernel_attention_equals_the_einsum_form(masked, attention, shape):
     """Pixels folded into the heads for a fused kernel (run here through XLA's own
-    dot_product_attention), and the Pallas kernels (interpreted; 5 pixels in blocks of 1, as
-    4 does not divide 5): the same outputs and the same gradients, bias included, as the
-    einsums checked against NumPy above; image frames masked alike."""
+    dot_product_attention), and both bodies of the Pallas kernels (interpreted): the same
+    outputs and the same gradients, bias included, as the einsums checked against NumPy
+    above; image frames masked alike."""
+    frames, pixels, heads, head_dim = shape
     rng = np.random.default_rng(5)
-    q, k, v = (jnp.asarray(rng.normal(size=(2, 6, 5, 3, 4)), jnp.float32) for _ in range(3))
-    bias = jnp.asarray(rng.normal(size=(3, 6, 6)), jnp.float32)
-    frames = jnp.asarray([[True, False, True, True, False, True]] * 2)
-    mask = temporal_attention_mask(frames) if masked else None
+    q, k, v = (
+        jnp.asarray(rng.normal(size=(2, frames, pixels, heads, head_dim)), jnp.float32)
+        for _ in range(3)
+    )
+    bias = jnp.asarray(rng.normal(size=(heads, frames, frames)), jnp.float32)
+    video_frames = jnp.asarray([[i % 3 != 1 for i in range(frames)]] * 2)
+    mask = temporal_attention_mask(video_frames) if masked else None
 
     def run(attention):
         def loss(q, k, v, bias):
@@ -298,6 +311,11 @@ def test_kernel_attention_equals_the_einsum_form(masked, attention):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_pallas_attention_takes_dots_where_triton_can_tile_them():
+    assert uses_dots(frames=16, head_dim=64) and uses_dots(frames=128, head_dim=16)
+    assert not uses_dots(frames=8, head_dim=64) and not uses_dots(frames=16, head_dim=8)
 
 
 def test_pallas_attention_lowers_to_triton_kernels_for_the_gpu():

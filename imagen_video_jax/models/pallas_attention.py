@@ -4,21 +4,21 @@
 v and the output of every call, and the T x T products run as a batch of tiny matmuls; on an
 H200 a forward and backward call moves its activations at about 14 % of the memory bandwidth
 (docs/PERFORMANCE.md, "Temporal attention alone"). Here each program takes one example, one
-head and a block of pixels, [T, pixels, d] of q, k and v in place, and runs the softmax over
-the T key frames one frame at a time (the online softmax of flash attention) in registers:
-nothing is transposed and each activation is read once. The backward kernel recomputes the
-probabilities from the forward's log-sum-exp.
+head and a block of pixels, [T, pixels, d] of q, k and v in place, and computes the softmax
+over the T key frames in registers: nothing is transposed and each activation is read once.
+The backward kernel recomputes the probabilities from the forward's log-sum-exp.
 
 On a GPU the kernels compile through Triton, which needs T, d and the pixel block to be powers
 of 2 (the pixel block always is); on the CPU they run in Pallas' interpreter (tests); other
 backends are refused. q, k and v, sliced from one projection, are copied once as the kernels'
 operands.
 
-Measured on an H200 (docs/PERFORMANCE.md): alone, the kernels take 22.1 ms a training step of
-the bench U-Net against the einsums' 16.6 ms, yet the whole step is faster with them, 114.8
-against 120.3 ms (``imagen-video bench base-train --attention pallas``). The products are
-reductions over d across a warp's lanes, not tensor-core dots, the likely reason a call stays
-at 380-590 GB/s; a [T, d] x [d, T] dot per pixel is the next thing to try.
+Two kernel bodies share the grid and the layout. Where T and d are at least 16 (Triton's
+smallest dot), each pixel's [T, T] logits and [T, d] output are tensor-core dots; for fewer
+frames or narrower heads the products are reductions over d across a warp's lanes, one key
+frame at a time (the online softmax of flash attention). Measured on
+an H200 (docs/PERFORMANCE.md, ``bench temporal-attention``, ms a training step of the bench
+U-Net, forward and backward): the dots 12.2, the einsums 16.6, the lane reductions 22.1.
 """
 
 from __future__ import annotations
@@ -33,16 +33,21 @@ from jax.experimental.pallas import triton as pl_triton
 # Logit of a masked (query, key) pair: exp() of it is 0 against any real logit, and adding
 # q.k to it cannot overflow in float32.
 MASKED_LOGIT = -1e30
-# Pixels a program takes. On an H200 (bench temporal-attention, docs/PERFORMANCE.md) blocks of
-# 1 and 2 were the fastest (22.5 and 22.1 ms a training step), 4, 8 and 16 slower (24-34 ms).
+# Pixels a program takes. On an H200 (bench temporal-attention, docs/PERFORMANCE.md) a block of
+# 2 was the fastest with the dots (12.2 ms a training step; 1: 12.8, 4: 12.6-14.5, 8: 15.1)
+# and with the lane reductions (22.1 ms; 1: 22.5, 4-16: 24-34).
 DEFAULT_BLOCK_PIXELS = 2
-# Values of a [T, pixels, d] block each thread holds, which sets the warps a program runs.
+# Values of a [T, pixels, d] block each thread holds, which sets the warps a program runs: 2
+# warps at the default block, T = 16 and d = 64 (the fastest of 1-4 warps and blocks of 1-8 on
+# an H200 with the dots).
 VALUES_PER_THREAD = 32
+# Triton's smallest dot operand side: below it on T or d the products are lane reductions.
+SMALLEST_DOT = 16
 
 
 def triton_params(frames: int, pixels: int, head_dim: int) -> pl_triton.CompilerParams:
     """Triton (not Mosaic GPU: the parameters' type picks the lowering), with 1-8 warps so that
-    each thread holds about VALUES_PER_THREAD values of a block (a first guess, to be tuned)."""
+    each thread holds about VALUES_PER_THREAD values of a block."""
     warps = frames * pixels * head_dim // (32 * VALUES_PER_THREAD)
     return pl_triton.CompilerParams(num_warps=min(8, max(1, warps)), num_stages=1)
 
@@ -70,7 +75,13 @@ def pallas_frame_attention(
     pixels = _pixel_block(p, block_pixels)
     if not interpret:
         _check_powers_of_two(frames=t, head_dim=d)  # the pixel block is one by construction
-    return _attention(q, k, v, key_major_bias(bias, mask, b), pixels, interpret)
+    dots = uses_dots(frames=t, head_dim=d)
+    return _attention(q, k, v, key_major_bias(bias, mask, b), pixels, dots, interpret)
+
+
+def uses_dots(*, frames: int, head_dim: int) -> bool:
+    """Whether the kernels take the T x T and T x d products as tensor-core dots."""
+    return frames >= SMALLEST_DOT and head_dim >= SMALLEST_DOT
 
 
 def key_major_bias(bias: jax.Array, mask: jax.Array | None, batch: int) -> jax.Array:
@@ -111,9 +122,9 @@ def _check_powers_of_two(**sizes: int) -> None:
         )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _attention(q, k, v, logit_bias, pixels: int, interpret: bool) -> jax.Array:
-    return _forward(q, k, v, logit_bias, pixels, interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _attention(q, k, v, logit_bias, pixels: int, dots: bool, interpret: bool) -> jax.Array:
+    return _forward(q, k, v, logit_bias, pixels, dots, interpret)[0]
 
 
 def _video_spec(t: int, pixels: int, d: int) -> pl.BlockSpec:
@@ -178,16 +189,55 @@ def _backward_kernel(
     dq_ref[...] = (grad_q * scale).astype(dq_ref.dtype)
 
 
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b on tensor cores, accumulated in float32."""
+    return jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+
+def _forward_dots_kernel(q_ref, k_ref, v_ref, bias_ref, o_ref, lse_ref, *, scale: float):
+    """:func:`_forward_kernel` with each pixel's products as dots: logits = q k^T [T, S], then
+    the softmax over S and out = p v."""
+    bias = bias_ref[...].T  # [T (query), S (key)]
+    for j in range(q_ref.shape[1]):
+        q, k, v = q_ref[:, j, :], k_ref[:, j, :], v_ref[:, j, :]
+        logit = _dot(q, k.T) * scale + bias
+        top = jnp.max(logit, axis=1)
+        prob = jnp.exp(logit - top[:, None])
+        total = jnp.sum(prob, axis=1)
+        o_ref[:, j, :] = (_dot(prob.astype(v.dtype), v) / total[:, None]).astype(o_ref.dtype)
+        lse_ref[:, j] = top + jnp.log(total)
+
+
+def _backward_dots_kernel(
+    q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref, db_ref,
+    *, scale: float,
+):  # fmt: skip
+    """:func:`_backward_kernel` with each pixel's products as dots: p from the log-sum-exp,
+    dv = p^T do, d logit = p (do v^T - delta), dq = d logit k, dk = d logit^T q."""
+    bias = bias_ref[...].T
+    grad_bias = jnp.zeros(bias.shape, jnp.float32)
+    for j in range(q_ref.shape[1]):
+        q, k, v, grad_out = q_ref[:, j, :], k_ref[:, j, :], v_ref[:, j, :], do_ref[:, j, :]
+        prob = jnp.exp(_dot(q, k.T) * scale + bias - lse_ref[:, j][:, None])
+        dv_ref[:, j, :] = _dot(prob.astype(grad_out.dtype).T, grad_out).astype(dv_ref.dtype)
+        grad_logit = prob * (_dot(grad_out, v.T) - delta_ref[:, j][:, None])
+        dq_ref[:, j, :] = (_dot(grad_logit.astype(k.dtype), k) * scale).astype(dq_ref.dtype)
+        dk_ref[:, j, :] = (_dot(grad_logit.astype(q.dtype).T, q) * scale).astype(dk_ref.dtype)
+        grad_bias = grad_bias + grad_logit
+    db_ref[...] = grad_bias.T
+
+
 def _grid(q: jax.Array, pixels: int) -> tuple[int, int, int]:
     b, _, p, n, _ = q.shape
     return (b, p // pixels, n)
 
 
-def _forward(q, k, v, logit_bias, pixels, interpret):
+def _forward(q, k, v, logit_bias, pixels, dots, interpret):
     b, t, p, n, d = q.shape
     video, rows = _video_spec(t, pixels, d), _row_spec(t, pixels)
+    kernel = _forward_dots_kernel if dots else _forward_kernel
     out, lse = pl.pallas_call(
-        functools.partial(_forward_kernel, scale=d**-0.5),
+        functools.partial(kernel, scale=d**-0.5),
         grid=_grid(q, pixels),
         in_specs=[video, video, video, _bias_spec(t)],
         out_specs=[video, rows],
@@ -202,15 +252,16 @@ def _forward(q, k, v, logit_bias, pixels, interpret):
     return out, (q, k, v, logit_bias, out, lse)
 
 
-def _backward(pixels, interpret, residuals, grad_out):
+def _backward(pixels, dots, interpret, residuals, grad_out):
     q, k, v, logit_bias, out, lse = residuals
     b, t, p, n, d = q.shape
     blocks = p // pixels
     delta = jnp.sum(grad_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
     video, rows, bias = _video_spec(t, pixels, d), _row_spec(t, pixels), _bias_spec(t)
     partial_bias = pl.BlockSpec((None, None, None, t, t), lambda b, i, h: (b, i, h, 0, 0))
+    kernel = _backward_dots_kernel if dots else _backward_kernel
     dq, dk, dv, dbias = pl.pallas_call(
-        functools.partial(_backward_kernel, scale=d**-0.5),
+        functools.partial(kernel, scale=d**-0.5),
         grid=_grid(q, pixels),
         in_specs=[video, video, video, bias, video, rows, rows],
         out_specs=[video, video, video, partial_bias],
