@@ -35,6 +35,11 @@ def distill_table1():
     return load_script("distill_table1")
 
 
+@pytest.fixture(scope="module")
+def stage_probe():
+    return load_script("stage_probe")
+
+
 def test_reference_clips_are_the_next_test_clips(vdm_tables):
     """The "real clips" row scores test clips disjoint from the reference set."""
     argv = ["table6", "--size", "tiny", "--num-samples", "3", "--reference-only"]
@@ -301,3 +306,47 @@ def test_table1_with_an_earlier_original_measures_only_the_students(
     assert records[-1]["fvd_ratio"] == pytest.approx(1.2)
     assert records[-1]["caption_accuracy_change"] == pytest.approx(-0.05)
     assert "figures are those of an earlier run" in markdown
+
+
+def test_stage_probe_samples_the_stage_from_the_chains_own_input(stage_probe, tmp_path):
+    """A variant that is the chain itself reproduces the chain's own output of the stage (the
+    same input videos and seeds, in batches of 2 with the last one padded); another seed gives
+    other videos; each variant is scored and saved."""
+    from test_eval_cascade import HashEncoder, small_stage
+
+    from imagen_video_jax.cascade import Cascade
+    from imagen_video_jax.eval.cascade_eval import held_out_prompts, with_text_cache
+    from imagen_video_jax.models.text_cache import cache_embeddings
+
+    configs = [small_stage("base", "attention"), small_stage("tsr1", "conv")]
+    for config in configs:
+        config.sample.num_steps = 2
+    folder, cache, out = tmp_path / "cascade", tmp_path / "captions.npz", tmp_path / "probe"
+    Cascade.from_configs(configs).save(folder, dtype="float32")
+    prompts = held_out_prompts(5)
+    cache_embeddings(HashEncoder(), prompts, cache)
+    argv = [
+        "--chain", str(folder), "--stage", "tsr1", "--text-cache", str(cache), "--out", str(out),
+        "--variant", f"same={folder}", "--variant", f"reseeded={folder}:seed=100",
+        "--num-samples", "5", "--batch", "2", "--no-fvd",
+    ]  # fmt: skip
+    assert stage_probe.main(argv) == 0
+    want = with_text_cache(Cascade.from_checkpoints(folder), cache, prompts).sample(
+        prompts, seed=0, progress=False
+    )
+    same, reseeded = np.load(out / "same.npy"), np.load(out / "reseeded.npy")
+    difference = np.abs(same.astype(int) - want[: len(same)])
+    assert difference.max() <= 1 and difference.mean() < 0.01  # uint8 rounding at most
+    assert np.abs(reseeded.astype(int) - same).mean() > 5
+    records = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
+    assert [(r["variant"], r["seed"]) for r in records] == [("same", 0), ("reseeded", 100)]
+    assert all(0 <= r["caption_accuracy"] <= 1 and r["fvd"] is None for r in records)
+    assert (out / "probe.md").read_text().count("\n") == 4
+
+
+def test_stage_probe_names_a_malformed_variant(stage_probe):
+    with pytest.raises(SystemExit):
+        stage_probe.parse_args(["--chain", "c", "--stage", "ssr3", "--text-cache", "t",
+                                "--out", "o", "--variant", "a=dir:stepz=8"])  # fmt: skip
+    name, folder, options = stage_probe.parse_variant("fast=dir/x:steps=8:sampler=ddim")
+    assert (name, str(folder), options) == ("fast", "dir/x", {"steps": 8, "sampler": "ddim"})

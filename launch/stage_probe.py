@@ -1,0 +1,192 @@
+"""One cascade stage sampled several ways from the same input videos, each scored as Table 1
+scores a stage: to tell what a stage itself changes from what it inherits from the stages
+before it.
+
+    python launch/stage_probe.py --chain runs/distill_table1/students --stage ssr3 \\
+        --variant student=runs/distill_table1/students \\
+        --variant original=imagen_video_jax/assets/demo_cascade \\
+        --variant original_8=imagen_video_jax/assets/demo_cascade:steps=8 \\
+        --text-cache build/mini_text_cache.npz --out runs/probe
+
+The stages of ``--chain`` before ``--stage`` make the input videos of the held-out prompts
+(prompt ``i`` with seed ``--seed + i``, as ``imagen-video eval`` and Table 1 sample them).
+Each ``--variant NAME=CASCADE[:sampler=S][:steps=N][:seed=K]`` then samples ``--stage`` of
+CASCADE from those same videos (seed K + i; default ``--seed``) and is scored: caption
+accuracy, FVD and KVD against held-out real clips, the pixels' mean and standard deviation,
+and its seconds. One JSON line per variant on stdout and in ``<out>/probe.jsonl``, a markdown
+table last and in ``<out>/probe.md``; ``<out>/<variant>.npy`` keeps the first four videos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagen_video_jax.cascade import Cascade
+from imagen_video_jax.eval.caption_classifier import load_classifier
+from imagen_video_jax.eval.cascade_eval import (
+    held_out_prompts,
+    render_spec,
+    stage_scores,
+    with_text_cache,
+)
+
+VARIANT_OPTIONS = {"sampler": str, "steps": int, "seed": int}
+SAVED_VIDEOS = 4
+
+
+def parse_variant(text: str) -> tuple[str, Path, dict[str, Any]]:
+    """``NAME=CASCADE[:key=value]...`` -> (name, cascade folder, options)."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise argparse.ArgumentTypeError(f"expected NAME=CASCADE[:key=value...], got {text!r}")
+    folder, *pairs = rest.split(":")
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in VARIANT_OPTIONS:
+            raise argparse.ArgumentTypeError(
+                f"variant {name!r}: unknown option {pair!r}; expected {sorted(VARIANT_OPTIONS)}"
+            )
+        options[key] = VARIANT_OPTIONS[key](value)
+    return name, Path(folder), options
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chain", type=Path, required=True, help="cascade of the input videos")
+    parser.add_argument("--stage", required=True, help="the stage to probe")
+    parser.add_argument(
+        "--variant", type=parse_variant, action="append", required=True, dest="variants"
+    )
+    parser.add_argument("--text-cache", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--num-samples", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-fvd", action="store_true", help="caption accuracy only")
+    parser.add_argument("--cache-dir", type=Path, help="real clips' I3D features (default: out)")
+    args = parser.parse_args(argv)
+    names = [name for name, _, _ in args.variants]
+    if len(set(names)) != len(names):
+        parser.error(f"variant names must differ; got {names}")
+    return args
+
+
+def sample_batches(
+    cascade: Any,
+    names: Sequence[str],
+    prompts: Sequence[str],
+    cond: np.ndarray | None,
+    *,
+    batch: int,
+    seed: int,
+    **options: Any,
+) -> np.ndarray:
+    """The videos of ``names`` run in turn on ``prompts`` (batches of ``batch``, the last
+    padded so nothing recompiles), from ``cond`` when given; prompt i takes seed ``seed + i``."""
+    videos = []
+    for start in range(0, len(prompts), batch):
+        chunk = list(prompts[start : start + batch])
+        pad = batch - len(chunk)
+        seeds = [seed + start + i for i in range(len(chunk))] + [seed] * pad
+        video = None if cond is None else cond[start : start + batch]
+        if video is not None and pad:
+            video = np.concatenate([video, np.repeat(video[-1:], pad, axis=0)])
+        for name in names:
+            video = cascade.sample_stage(
+                name, chunk + [chunk[-1]] * pad, cond=video, seed=seeds, **options
+            )
+        videos.append(video[: len(chunk)])
+    return np.concatenate(videos)
+
+
+def input_videos(chain: Any, stage: str, prompts, *, batch: int, seed: int) -> np.ndarray | None:
+    """The chain's output of the stage before ``stage`` (None when ``stage`` is the first)."""
+    before = chain.stage_names[: chain.stage_names.index(stage)]
+    if not before:
+        return None
+    return sample_batches(chain, before, prompts, None, batch=batch, seed=seed)
+
+
+def load(folder: Path, text_cache: Path, prompts: Sequence[str], stage: str) -> Any:
+    return with_text_cache(Cascade.from_checkpoints(folder, stop_after=stage), text_cache, prompts)
+
+
+def probe(args: argparse.Namespace) -> list[dict[str, Any]]:
+    args.out.mkdir(parents=True, exist_ok=True)
+    prompts = held_out_prompts(args.num_samples)
+    batch = min(args.batch, args.num_samples)
+    chain = load(args.chain, args.text_cache, prompts, args.stage)
+    started = time.perf_counter()
+    cond = input_videos(chain, args.stage, prompts, batch=batch, seed=args.seed)
+    print(f"[probe] input videos in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    classifier = load_classifier()
+    render = render_spec(chain.stages[chain.stage_names[0]].config, chain.stages[args.stage].spec)
+    records = []
+    for name, folder, options in args.variants:
+        cascade = (
+            chain if folder == args.chain else load(folder, args.text_cache, prompts, args.stage)
+        )
+        options = dict(options)
+        seed = options.pop("seed", args.seed)
+        steps = options.pop("steps", None)
+        started = time.perf_counter()
+        video = sample_batches(
+            cascade, [args.stage], prompts, cond, batch=batch, seed=seed, num_steps=steps, **options
+        )
+        seconds = time.perf_counter() - started
+        scores = stage_scores(
+            cascade.stages[args.stage].spec, video, prompts, render=render,
+            dataset="moving_digits", classifier=classifier, fvd=not args.no_fvd, seed=seed,
+            cache_dir=args.cache_dir or args.out / "i3d_cache",
+        )  # fmt: skip
+        pixels = video.astype(np.float32)
+        record = {
+            "variant": name, "cascade": str(folder), "stage": args.stage, "seed": seed,
+            "num_steps": steps, "sampler": options.get("sampler"), "seconds": round(seconds, 2),
+            **scores["samples"], "real_fvd": scores["real"]["fvd"],
+            "pixel_mean": float(pixels.mean()), "pixel_std": float(pixels.std()),
+        }  # fmt: skip
+        print(json.dumps(record), flush=True)
+        with open(args.out / "probe.jsonl", "a") as out:
+            out.write(json.dumps(record) + "\n")
+        np.save(args.out / f"{name}.npy", video[:SAVED_VIDEOS])
+        records.append(record)
+    return records
+
+
+def table(records: Sequence[dict[str, Any]]) -> str:
+    def number(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "| variant | caption acc | FVD | KVD | pixel mean | pixel std | s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['variant']} | {100 * r['caption_accuracy']:.1f} % | {number(r['fvd'], 1)} | "
+            f"{number(r['kvd'], 1)} | {r['pixel_mean']:.1f} | {r['pixel_std']:.1f} | "
+            f"{r['seconds']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    text = table(probe(args))
+    (args.out / "probe.md").write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
