@@ -32,6 +32,7 @@ import numpy as np
 from imagen_video_jax.cascade import Cascade
 from imagen_video_jax.eval.caption_classifier import load_classifier
 from imagen_video_jax.eval.cascade_eval import (
+    format_number,
     held_out_prompts,
     render_spec,
     stage_scores,
@@ -164,18 +165,15 @@ def probe(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def table(records: Sequence[dict[str, Any]]) -> str:
-    def number(value: float | None, digits: int) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
-
     lines = [
         "| variant | caption acc | FVD | KVD | pixel mean | pixel std | s |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in records:
         lines.append(
-            f"| {r['variant']} | {100 * r['caption_accuracy']:.1f} % | {number(r['fvd'], 1)} | "
-            f"{number(r['kvd'], 1)} | {r['pixel_mean']:.1f} | {r['pixel_std']:.1f} | "
-            f"{r['seconds']:.1f} |"
+            f"| {r['variant']} | {100 * r['caption_accuracy']:.1f} % | "
+            f"{format_number(r['fvd'], 1)} | {format_number(r['kvd'], 1)} | "
+            f"{r['pixel_mean']:.1f} | {r['pixel_std']:.1f} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

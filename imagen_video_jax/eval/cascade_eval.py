@@ -415,7 +415,8 @@ def evaluate_cascade(
     return results
 
 
-def _number(value: float | None, digits: int) -> str:
+def format_number(value: float | None, digits: int) -> str:
+    """``value`` to ``digits`` decimals for a table; "-" for a score not measured."""
     return "-" if value is None else f"{value:.{digits}f}"
 
 
@@ -430,7 +431,7 @@ def summary(scores: Mapping[str, Any]) -> str:
     for label, part in (("samples", scores), ("real", scores["real"]), ("noise", scores["noise"])):
         parts.append(
             f"{label} caption {part['caption_accuracy']:.3f} "
-            f"FVD {_number(part['fvd'], 1)} KVD {_kvd(part['kvd'])}"
+            f"FVD {format_number(part['fvd'], 1)} KVD {_kvd(part['kvd'])}"
         )
     return "; ".join(parts)
 
@@ -445,15 +446,15 @@ def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
         frames, height, width = scores["shape"]
         shape = f"{frames} x {height} x {width} @ {scores['fps']:g}"
         rows = (
-            (name, scores, _number(scores["seconds_per_sample"], 4)),
+            (name, scores, format_number(scores["seconds_per_sample"], 4)),
             (f"{name}: real clips", scores["real"], "-"),
             (f"{name}: uniform noise", scores["noise"], "-"),
         )
         for label, part, seconds in rows:
-            compile_seconds = _number(scores["compile_seconds"], 1) if part is scores else "-"
+            compile_seconds = format_number(scores["compile_seconds"], 1) if part is scores else "-"
             lines.append(
                 f"| {label} | {shape} | {100 * part['caption_accuracy']:.1f} % | "
-                f"{_number(part['fvd'], 1)} | {_kvd(part['kvd'])} | {seconds} | "
+                f"{format_number(part['fvd'], 1)} | {_kvd(part['kvd'])} | {seconds} | "
                 f"{compile_seconds} |"
             )
     stretched = [
