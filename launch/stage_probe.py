@@ -10,8 +10,9 @@ before it.
 
 The stages of ``--chain`` before ``--stage`` make the input videos of the held-out prompts
 (prompt ``i`` with seed ``--seed + i``, as ``imagen-video eval`` and Table 1 sample them).
-Each ``--variant NAME=CASCADE[:sampler=S][:steps=N][:seed=K]`` then samples ``--stage`` of
-CASCADE from those same videos (seed K + i; default ``--seed``) and is scored: caption
+Each ``--variant NAME=CASCADE[:sampler=S][:steps=N][:seed=K][:guidance=W]`` then samples
+``--stage`` of CASCADE from those same videos (seed K + i, default ``--seed``; guidance weight
+W, default the stage's) and is scored: caption
 accuracy, FVD and KVD against held-out real clips, the pixels' mean and standard deviation,
 and its seconds. One JSON line per variant on stdout and in ``<out>/probe.jsonl``, a markdown
 table last and in ``<out>/probe.md``; ``<out>/<variant>.npy`` keeps the first four videos.
@@ -39,7 +40,7 @@ from imagen_video_jax.eval.cascade_eval import (
     with_text_cache,
 )
 
-VARIANT_OPTIONS = {"sampler": str, "steps": int, "seed": int}
+VARIANT_OPTIONS = {"sampler": str, "steps": int, "seed": int, "guidance": float}
 SAVED_VIDEOS = 4
 
 
@@ -139,10 +140,12 @@ def probe(args: argparse.Namespace) -> list[dict[str, Any]]:
         options = dict(options)
         seed = options.pop("seed", args.seed)
         steps = options.pop("steps", None)
+        guidance = options.pop("guidance", None)
         started = time.perf_counter()
         video = sample_batches(
-            cascade, [args.stage], prompts, cond, batch=batch, seed=seed, num_steps=steps, **options
-        )
+            cascade, [args.stage], prompts, cond, batch=batch, seed=seed, num_steps=steps,
+            guidance_weight=guidance, **options,
+        )  # fmt: skip
         seconds = time.perf_counter() - started
         scores = stage_scores(
             cascade.stages[args.stage].spec, video, prompts, render=render,
@@ -152,7 +155,8 @@ def probe(args: argparse.Namespace) -> list[dict[str, Any]]:
         pixels = video.astype(np.float32)
         record = {
             "variant": name, "cascade": str(folder), "stage": args.stage, "seed": seed,
-            "num_steps": steps, "sampler": options.get("sampler"), "seconds": round(seconds, 2),
+            "num_steps": steps, "sampler": options.get("sampler"), "guidance": guidance,
+            "seconds": round(seconds, 2),
             **scores["samples"], "real_fvd": scores["real"]["fvd"],
             "pixel_mean": float(pixels.mean()), "pixel_std": float(pixels.std()),
         }  # fmt: skip

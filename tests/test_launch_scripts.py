@@ -348,5 +348,6 @@ def test_stage_probe_names_a_malformed_variant(stage_probe):
     with pytest.raises(SystemExit):
         stage_probe.parse_args(["--chain", "c", "--stage", "ssr3", "--text-cache", "t",
                                 "--out", "o", "--variant", "a=dir:stepz=8"])  # fmt: skip
-    name, folder, options = stage_probe.parse_variant("fast=dir/x:steps=8:sampler=ddim")
-    assert (name, str(folder), options) == ("fast", "dir/x", {"steps": 8, "sampler": "ddim"})
+    name, folder, options = stage_probe.parse_variant("fast=dir/x:steps=8:sampler=ddim:guidance=7")
+    assert (name, str(folder)) == ("fast", "dir/x")
+    assert options == {"steps": 8, "sampler": "ddim", "guidance": 7.0}
