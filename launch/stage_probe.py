@@ -12,10 +12,10 @@ The stages of ``--chain`` before ``--stage`` make the input videos of the held-o
 (prompt ``i`` with seed ``--seed + i``, as ``imagen-video eval`` and Table 1 sample them).
 Each ``--variant NAME=CASCADE[:sampler=S][:steps=N][:seed=K][:guidance=W]`` then samples
 ``--stage`` of CASCADE from those same videos (seed K + i, default ``--seed``; guidance weight
-W, default the stage's) and is scored: caption
-accuracy, FVD and KVD against held-out real clips, the pixels' mean and standard deviation,
-and its seconds. One JSON line per variant on stdout and in ``<out>/probe.jsonl``, a markdown
-table last and in ``<out>/probe.md``; ``<out>/<variant>.npy`` keeps the first four videos.
+W, default the stage's) and is scored: caption accuracy, FVD and KVD against held-out real
+clips, the pixels' mean and standard deviation, and its seconds a sample (compiled). One
+JSON line per variant on stdout and in ``<out>/probe.jsonl``, a markdown table last and in
+``<out>/probe.md``; ``<out>/<variant>.npy`` keeps the first four videos.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from imagen_video_jax.eval.cascade_eval import (
     format_number,
     held_out_prompts,
     render_spec,
+    sample_stages,
     stage_scores,
     with_text_cache,
 )
@@ -82,43 +83,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def sample_batches(
-    cascade: Any,
-    names: Sequence[str],
-    prompts: Sequence[str],
-    cond: np.ndarray | None,
-    *,
-    batch: int,
-    seed: int,
-    **options: Any,
-) -> np.ndarray:
-    """The videos of ``names`` run in turn on ``prompts`` (batches of ``batch``, the last
-    padded so nothing recompiles), from ``cond`` when given; prompt i takes seed ``seed + i``."""
-    videos = []
-    for start in range(0, len(prompts), batch):
-        chunk = list(prompts[start : start + batch])
-        pad = batch - len(chunk)
-        seeds = [seed + start + i for i in range(len(chunk))] + [seed] * pad
-        video = None if cond is None else cond[start : start + batch]
-        if video is not None and pad:
-            video = np.concatenate([video, np.repeat(video[-1:], pad, axis=0)])
-        for name in names:
-            video = cascade.sample_stage(
-                name, chunk + [chunk[-1]] * pad, cond=video, seed=seeds, **options
-            )
-        videos.append(video[: len(chunk)])
-    return np.concatenate(videos)
-
-
 def input_videos(chain: Any, stage: str, prompts, *, batch: int, seed: int) -> np.ndarray | None:
     """The chain's output of the stage before ``stage`` (None when ``stage`` is the first)."""
     before = chain.stage_names[: chain.stage_names.index(stage)]
     if not before:
         return None
-    return sample_batches(chain, before, prompts, None, batch=batch, seed=seed)
+    options = {name: {} for name in before}
+    videos, _ = sample_stages(
+        chain, before, prompts, batch_size=batch, seed=seed, options=options, log=log
+    )
+    return videos[before[-1]]
+
+
+def log(message: str) -> None:
+    print(f"[probe] {message}", file=sys.stderr, flush=True)
 
 
 def load(folder: Path, text_cache: Path, prompts: Sequence[str], stage: str) -> Any:
+    """The cascade of ``folder`` up to ``stage``, its text answered from ``text_cache``."""
     return with_text_cache(Cascade.from_checkpoints(folder, stop_after=stage), text_cache, prompts)
 
 
@@ -129,7 +111,7 @@ def probe(args: argparse.Namespace) -> list[dict[str, Any]]:
     chain = load(args.chain, args.text_cache, prompts, args.stage)
     started = time.perf_counter()
     cond = input_videos(chain, args.stage, prompts, batch=batch, seed=args.seed)
-    print(f"[probe] input videos in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    log(f"input videos in {time.perf_counter() - started:.0f} s")
     classifier = load_classifier()
     render = render_spec(chain.stages[chain.stage_names[0]].config, chain.stages[args.stage].spec)
     records = []
@@ -141,12 +123,12 @@ def probe(args: argparse.Namespace) -> list[dict[str, Any]]:
         seed = options.pop("seed", args.seed)
         steps = options.pop("steps", None)
         guidance = options.pop("guidance", None)
-        started = time.perf_counter()
-        video = sample_batches(
-            cascade, [args.stage], prompts, cond, batch=batch, seed=seed, num_steps=steps,
-            guidance_weight=guidance, **options,
+        settings = {"num_steps": steps, "guidance_weight": guidance, **options}
+        videos, timings = sample_stages(
+            cascade, [args.stage], prompts, batch_size=batch, seed=seed,
+            options={args.stage: settings}, log=log, cond=cond,
         )  # fmt: skip
-        seconds = time.perf_counter() - started
+        video = videos[args.stage]
         scores = stage_scores(
             cascade.stages[args.stage].spec, video, prompts, render=render,
             dataset="moving_digits", classifier=classifier, fvd=not args.no_fvd, seed=seed,
@@ -156,7 +138,7 @@ def probe(args: argparse.Namespace) -> list[dict[str, Any]]:
         record = {
             "variant": name, "cascade": str(folder), "stage": args.stage, "seed": seed,
             "num_steps": steps, "sampler": options.get("sampler"), "guidance": guidance,
-            "seconds": round(seconds, 2),
+            "seconds_per_sample": timings[args.stage].seconds_per_sample(batch),
             **scores["samples"], "real_fvd": scores["real"]["fvd"],
             "pixel_mean": float(pixels.mean()), "pixel_std": float(pixels.std()),
         }  # fmt: skip
@@ -170,14 +152,14 @@ def probe(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def table(records: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| variant | caption acc | FVD | KVD | pixel mean | pixel std | s |",
+        "| variant | caption acc | FVD | KVD | pixel mean | pixel std | s / sample |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in records:
         lines.append(
             f"| {r['variant']} | {100 * r['caption_accuracy']:.1f} % | "
             f"{format_number(r['fvd'], 1)} | {format_number(r['kvd'], 1)} | "
-            f"{r['pixel_mean']:.1f} | {r['pixel_std']:.1f} | {r['seconds']:.1f} |"
+            f"{r['pixel_mean']:.1f} | {r['pixel_std']:.1f} | {r['seconds_per_sample']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -288,6 +288,7 @@ def test_kernel_attention_equals_the_einsum_form(masked, attention, shape):
     outputs and the same gradients, bias included, as the einsums checked against NumPy
     above; image frames masked alike."""
     frames, pixels, heads, head_dim = shape
+    assert uses_dots(frames=frames, head_dim=head_dim) == (shape == DOT_SHAPE)
     rng = np.random.default_rng(5)
     q, k, v = (
         jnp.asarray(rng.normal(size=(2, frames, pixels, heads, head_dim)), jnp.float32)

@@ -201,8 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile",
         default=None,
         help=f"write a jax.profiler trace of {PROFILED_STEPS} steps here, and report their "
-        "device time by "
-        "JAX op (on a GPU, with XLA_FLAGS=--xla_gpu_enable_command_buffer=)",
+        "device time by JAX op (on a GPU, with XLA_FLAGS=--xla_gpu_enable_command_buffer=)",
     )
 
 

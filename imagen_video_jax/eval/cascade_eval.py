@@ -202,10 +202,12 @@ def sample_stages(
     seed: int,
     options: Mapping[str, Mapping[str, Any]],
     log: Log,
+    cond: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, StageTiming]]:
     """Every stage's uint8 videos of the prompts (prompt ``i`` with seed ``seed + i``) and its
-    timing. Batches are padded to ``batch_size`` so no stage compiles twice; the first batch
-    pays the compilation, and with a single batch it is run again to time it compiled."""
+    timing; the first stage starts from ``cond`` (one input video a prompt) when given. Batches
+    are padded to ``batch_size`` so no stage compiles twice; the first batch pays the
+    compilation, and with a single batch it is run again to time it compiled."""
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in stage_names}
     timings = {name: StageTiming() for name in stage_names}
     starts = range(0, len(prompts), batch_size)
@@ -214,11 +216,13 @@ def sample_stages(
         pad = batch_size - len(chunk)
         seeds = [seed + start + i for i in range(len(chunk))] + [seed] * pad
         batch_prompts = chunk + [chunk[-1]] * pad
-        cond = None
+        video = None if cond is None else cond[start : start + batch_size]
+        if video is not None and pad:
+            video = np.concatenate([video, np.repeat(video[-1:], pad, axis=0)])
         seconds = []
         for name in stage_names:
             run = functools.partial(
-                cascade.sample_stage, name, batch_prompts, cond=cond, seed=seeds, **options[name]
+                cascade.sample_stage, name, batch_prompts, cond=video, seed=seeds, **options[name]
             )
             video, elapsed = _timed(run)
             if number == 0:
@@ -229,7 +233,6 @@ def sample_stages(
                 timings[name].steady.append(elapsed)
             outputs[name].append(video[: len(chunk)])
             seconds.append(f"{name} {elapsed:.2f} s")
-            cond = video
         log(f"batch {number + 1}/{len(starts)} ({len(chunk)} samples): " + ", ".join(seconds))
     return {name: np.concatenate(videos) for name, videos in outputs.items()}, timings
 
