@@ -279,6 +279,38 @@ def test_a_step_that_does_not_fit_records_the_error_and_an_estimate(monkeypatch)
     assert record["needs"].startswith("1 device(s)")
 
 
+def test_a_step_out_of_memory_records_what_it_asked_for(monkeypatch):
+    """XLA's message names the allocation that failed; beside what the device held, that is
+    what the step needs (tsr3 on one H200: 96.54 + 30.88 GiB, inside the limit but one block
+    too large for the allocator)."""
+    message = (
+        "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 96.54GiB with allocator "
+        "GPU_0_bfc on device 0. [executable_name='jit_step']"
+    )
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(paper_memory, "TrainBench", out_of_memory)
+    monkeypatch.setattr(paper_memory, "bytes_in_use", lambda: 30.88 * GIB)
+    monkeypatch.setattr(paper_memory, "device_bytes", lambda device: 135.6 * GIB)
+    record = paper_memory.step_record("tsr3", size="tiny", overrides=ONE_LEVEL)
+    assert record["failed_allocation_gib"] == pytest.approx(96.54)
+    assert record["held_gib"] == pytest.approx(30.88)
+    assert record["needs"].startswith("127.4 GiB a device, measured: the step asked for 96.54")
+    assert "within it" in record["needs"] and "smaller crops" in record["needs"]
+    # Over the limit, and a stage with attention: no allocator remark, split the frames.
+    line = paper_memory.measured_needs(40 * GIB, 10 * GIB, 40 * GIB, False)
+    assert line.endswith("limit of 40.0 GiB; to fit: split frames over devices")
+
+
+def test_failed_allocation_sizes_are_read_in_their_units():
+    read = paper_memory.failed_allocation_bytes
+    assert read("Out of memory while trying to allocate 512.00MiB.") == 512 * 2**20
+    assert read("while trying to allocate 1048576 bytes") == 2**20
+    assert read("Out of memory allocating 9.9GiB") is None
+
+
 def test_a_stage_out_of_time_is_recorded_with_its_last_phase(monkeypatch, capsys):
     """The stage's process is stopped at its timeout; its record names the last progress line
     it printed (here: still in its first step), and the budget skips the stages after it."""

@@ -4,7 +4,8 @@ For each stage of ``configs/imagen_video.py:size=paper``: its parameter count (a
 the paper's, and one real train step at the stage's resolution (fully convolutional stages on
 the crop their config or ``--crop`` gives), batch 1 per device, rematerialisation on, FSDP over
 the devices at hand, with the peak memory of each device. A stage that does not fit records the
-error and an estimate of what would: 20 bytes a parameter (float32 params, EMA, Adam's two
+error, what its step asked for (the allocation that failed, beside the memory held), and an
+estimate of what would fit: 20 bytes a parameter (float32 params, EMA, Adam's two
 moments, gradients) split over the devices, plus the activations one example keeps for the
 backward pass (traced: the residuals of the loss's gradient at two batch sizes, differenced).
 
@@ -19,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -42,6 +44,10 @@ GRAD_BYTES_PER_PARAM = 4
 DEFAULT_DEVICE_BYTES = 141e9  # one H200, where the device reports no limit (dry runs)
 MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 GIB = 2**30
+# XLA's out-of-memory message names the allocation that failed: "trying to allocate 96.54GiB".
+FAILED_ALLOCATION = re.compile(r"trying to allocate ([0-9.]+)\s*([KMGT]i?B|B|bytes)\b")
+UNIT_BYTES = {"B": 1, "bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+UNIT_BYTES |= {"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
 # Marks a stage process's progress lines on stderr; a stage that runs out of time is
 # recorded with the last of them, so the record says which phase was too slow.
 PROGRESS_PREFIX = "[paper-memory]"
@@ -202,6 +208,35 @@ def what_fits(
     )
 
 
+def failed_allocation_bytes(error: str) -> float | None:
+    """The size of the allocation an out-of-memory error says failed, or None."""
+    match = FAILED_ALLOCATION.search(error)
+    return float(match.group(1)) * UNIT_BYTES[match.group(2)] if match else None
+
+
+def measured_needs(
+    failed_bytes: float, held_bytes: float, limit_bytes: float, fully_convolutional: bool
+) -> str:
+    """One line on what a step that ran out of memory asked for: the allocation that failed
+    on top of what the device held (the train state and the batch), against its limit."""
+    total = failed_bytes + held_bytes
+    smaller = "train on smaller crops" if fully_convolutional else "split frames over devices"
+    within = (
+        " (within it: the allocator found no free block that large)" if total <= limit_bytes else ""
+    )
+    return (
+        f"{total / GIB:.1f} GiB a device, measured: the step asked for {failed_bytes / GIB:.2f} "
+        f"GiB beside the {held_bytes / GIB:.2f} GiB held, against a limit of "
+        f"{limit_bytes / GIB:.1f} GiB{within}; to fit: {smaller}"
+    )
+
+
+def bytes_in_use() -> float:
+    """The most bytes in use on any of this process's devices now."""
+    stats = [device.memory_stats() or {} for device in jax.local_devices()]
+    return float(max((s.get("bytes_in_use", 0) for s in stats), default=0))
+
+
 def step_record(name: str, **options: Any) -> dict:
     """One real train step of the stage on every device here (FSDP, batch 1 per device): its
     time and the largest per-device peak memory, or the error and an estimate of what fits.
@@ -225,8 +260,13 @@ def step_record(name: str, **options: Any) -> dict:
     except Exception as err:  # out of memory shows up as an XLA runtime error
         record.update(fits=False, error=measure.error_line(err))
         record["peak_gib"] = measure.max_peak_memory_gib()
+        failed, held = failed_allocation_bytes(str(err)), bytes_in_use()
         train_step = measure.TrainStep.build(config, make_mesh(config.mesh, devices))
-        record.update(memory_estimate(config, train_step, device_bytes(devices[0])))
+        limit = device_bytes(devices[0])
+        record.update(memory_estimate(config, train_step, limit))
+        if failed is not None:
+            record.update(failed_allocation_gib=failed / GIB, held_gib=held / GIB)
+            record["needs"] = measured_needs(failed, held, limit, config.stage.fully_convolutional)
     return record
 
 
