@@ -41,8 +41,11 @@ cascades come after it. Shorter rounds lose quality (docs/RESULTS.md: 150 steps 
 ssr2 15 points of caption accuracy, 400 steps 10). ``--stage-steps ssr3=1000`` gives the
 stages named longer rounds: with 400 steps ssr3 still lost 10 points, every other stage at
 most 10 and the chain up to tsr3 none.
-Every stage is distilled on its training crops: ssr3 distilled on smaller crops lost most of
-its caption accuracy (likely: GroupNorm statistics over a crop are not a whole frame's). Leave
+Every stage is distilled on its training crops by default: ssr3 distilled on smaller crops lost
+most of its caption accuracy (likely: GroupNorm statistics over a crop are not a whole frame's).
+``--stage-set ssr3:data.crop_height=0 --stage-set ssr3:data.crop_width=0 --stage-set
+ssr3:data.batch_size=4`` distils it on the whole 512 x 512 frames it samples instead (about 21
+minutes on an H200; docs/RESULTS.md, seventh run). Leave
 XLA's autotuning on: without it (``--xla_gpu_autotune_level=0``) the students trained two
 orders of magnitude slower.
 """
@@ -119,6 +122,7 @@ def distill_command(args: argparse.Namespace, stage: str) -> list[str]:
         "train.checkpoint_every": steps,
     }
     sets = [f"{key}={value}" for key, value in settings.items()] + list(args.set)
+    sets += [override for name, override in args.stage_set if name == stage]
     return [
         sys.executable, "-m", "imagen_video_jax.cli", "distill",
         "--config", f"configs/imagen_video.py:stage={stage},size=mini",
@@ -394,6 +398,19 @@ def stage_steps(text: str) -> dict[str, int]:
     return steps
 
 
+def stage_override(text: str) -> tuple[str, str]:
+    """``--stage-set``: ``"ssr3:data.batch_size=4"`` -> ('ssr3', 'data.batch_size=4')."""
+    from imagen_video_jax.stages import STAGE_ORDER
+
+    stage, sep, override = text.partition(":")
+    if not sep or stage not in STAGE_ORDER or "=" not in override:
+        raise argparse.ArgumentTypeError(
+            f"give STAGE:KEY=VALUE with STAGE one of {list(STAGE_ORDER)} "
+            f"(e.g. ssr3:data.batch_size=4), not {text!r}"
+        )
+    return stage, override
+
+
 def rounds_text(args: argparse.Namespace) -> str:
     """The steps a round, as the table's header gives them: "400" or "400 (ssr3 1000)"."""
     overrides = ", ".join(f"{stage} {steps}" for stage, steps in args.stage_steps.items())
@@ -442,6 +459,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="more config overrides for every stage's distillation",
+    )
+    parser.add_argument(
+        "--stage-set",
+        type=stage_override,
+        action="append",
+        default=[],
+        metavar="STAGE:KEY=VALUE",
+        help="a config override for one stage's distillation, after --set (e.g. "
+        "ssr3:data.crop_height=0 to distil ssr3 on whole frames)",
     )
     students = parser.add_mutually_exclusive_group()
     students.add_argument(

@@ -166,6 +166,23 @@ def test_table1_stage_steps_override_the_rounds_of_the_stages_named(distill_tabl
             _table1_args(distill_table1, tmp_path, "--stage-steps", bad)
 
 
+def test_table1_stage_set_overrides_only_the_stage_named(distill_table1, tmp_path):
+    args = _table1_args(
+        distill_table1, tmp_path, "--set", "data.batch_size=6",
+        "--stage-set", "ssr3:data.crop_height=0", "--stage-set", "ssr3:data.batch_size=4",
+    )  # fmt: skip
+    ssr3 = _sets(distill_table1.distill_command(args, "ssr3"))
+    assert "data.crop_height=0" in ssr3
+    # After the script's own batch and --set, so that the stage's value wins.
+    batches = [value for value in ssr3 if value.startswith("data.batch_size=")]
+    assert batches == ["data.batch_size=8", "data.batch_size=6", "data.batch_size=4"]
+    tsr3 = _sets(distill_table1.distill_command(args, "tsr3"))
+    assert "data.crop_height=0" not in tsr3 and "data.batch_size=4" not in tsr3
+    for bad in ("ssr3=data.batch_size=4", "ssr9:data.batch_size=4", "ssr3:data.batch_size"):
+        with pytest.raises(SystemExit):
+            _table1_args(distill_table1, tmp_path, "--stage-set", bad)
+
+
 class _SlowCascade:
     """Stands in for a cascade whose stage takes the given seconds, run after run."""
 
