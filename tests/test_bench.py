@@ -46,6 +46,20 @@ def by_bench(records, name):
 # ----------------------------------------------------------------------------- measure / floor
 
 
+def test_matmul_peak_times_a_chain_of_products_with_one_wait(monkeypatch):
+    """The peak's timed unit is ``chain`` products waited for once; its time is shared out."""
+    waits = []
+
+    def one_second(step, **kwargs):
+        waits.append(step())
+        return 1.0
+
+    monkeypatch.setattr(measure, "median_step_seconds", one_second)
+    peak = measure.matmul_peak_tflops(n=8, dtype=jnp.float32, chain=4)
+    assert peak == pytest.approx(4 * 2 * 8**3 / 1e12)
+    assert len(waits) == 1 and waits[0].shape == (8, 8)
+
+
 def test_floor_of_a_matmul_is_its_hand_counted_flops_over_the_peak():
     m, k, n = 16, 32, 8
     a = jax.ShapeDtypeStruct((m, k), jnp.float32)
