@@ -21,8 +21,9 @@ from imagen_video_jax.cli import main as cli_main
 from imagen_video_jax.config import load_config
 from imagen_video_jax.diffusion import cfg_combine, ddim_step, diffuse
 from imagen_video_jax.train import Checkpointer, load_params
-from imagen_video_jax.train.distill import distill, plan_rounds, student_params
+from imagen_video_jax.train.distill import distill, plan_rounds, round_config, student_params
 from imagen_video_jax.train.objective import diffusion_schedule, null_text
+from imagen_video_jax.train.optimizer import make_optimizer
 
 pytestmark = pytest.mark.usefixtures(compilation_cache.__name__)
 
@@ -382,6 +383,26 @@ def test_an_sr_student_sees_its_conditioning_noised_at_the_level_asked(mode):
         np.testing.assert_allclose(levels, np.log(3.0), rtol=1e-6)
     else:
         assert levels.min() >= low and levels.max() <= high and levels.std() > 1.0
+
+
+def test_the_guidance_embedding_can_learn_faster_than_the_rest():
+    """distill.guidance_lr_multiplier becomes each round's learning-rate factor for the
+    student's guidance embedding: its first update is that many times the plain one."""
+    config = tiny_config(
+        "base", "distill.guidance_lr_multiplier=10.0", "distill.warmup_steps=0",
+        "distill.lr_schedule=constant",
+    )  # fmt: skip
+    first = plan_rounds(config)[0]
+    assert dict(round_config(config, first).train.lr_multipliers) == {"guidance_embedding": 10.0}
+    assert not round_config(tiny_config(), first).train.lr_multipliers
+    params = {"guidance_embedding": {"kernel": jnp.zeros(3)}, "conv": {"kernel": jnp.zeros(3)}}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
+    tx = make_optimizer(round_config(config, first).train)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(updates["conv"]["kernel"][0]) == pytest.approx(-config.distill.learning_rate)
+    np.testing.assert_allclose(
+        updates["guidance_embedding"]["kernel"], 10 * updates["conv"]["kernel"], rtol=1e-6
+    )
 
 
 def test_an_unknown_cond_aug_mode_is_refused_before_compiling():

@@ -115,6 +115,36 @@ def test_optimizer_clips_the_global_norm_and_decays_only_kernels():
     np.testing.assert_allclose(updates["bias"], 0.0)
 
 
+def test_lr_multipliers_scale_the_updates_of_the_modules_named():
+    """Adam's update of a param does not depend on its gradient's scale, so a factor on the
+    learning rate of a module shows as the same factor on its update, and nowhere else."""
+    train = make_config().train
+    train.update(grad_clip_norm=0.0, warmup_steps=0, lr_schedule="constant")
+    params = {
+        "guidance_embedding": {"dense_out": {"kernel": jnp.zeros((2, 2))}},
+        "guidance_embedding_extra": {"kernel": jnp.zeros((2,))},  # a name that only starts so
+        "conv": {"kernel": jnp.ones((3,))},
+    }
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+
+    def step_update(multipliers):
+        train.lr_multipliers = multipliers
+        tx = make_optimizer(train)
+        return tx.update(grads, tx.init(params), params)[0]
+
+    plain, scaled = step_update({}), step_update({"guidance_embedding": 10.0})
+    np.testing.assert_allclose(
+        scaled["guidance_embedding"]["dense_out"]["kernel"],
+        10 * plain["guidance_embedding"]["dense_out"]["kernel"],
+        rtol=1e-6,
+    )
+    assert float(plain["conv"]["kernel"][0]) == pytest.approx(-train.learning_rate, rel=1e-4)
+    for name in ("conv", "guidance_embedding_extra"):
+        np.testing.assert_array_equal(scaled[name]["kernel"], plain[name]["kernel"])
+    with pytest.raises(ValueError, match="names no params: \\['guidance'\\]"):
+        step_update({"guidance": 2.0})
+
+
 def test_ema_decay_and_update():
     assert float(ema_decay_at(0, 0.999)) == pytest.approx(0.1)
     assert float(ema_decay_at(10**6, 0.999)) == pytest.approx(0.999)

@@ -261,6 +261,8 @@ def train_config(name: str, size: str) -> ml_collections.ConfigDict:
             "adam_eps": 1e-8,  # AdamW epsilon
             "weight_decay": 0.0,  # AdamW decoupled weight decay, on kernels only (ndim >= 2)
             "grad_clip_norm": 1.0,  # clip gradients to this global norm; 0 disables
+            # Learning-rate factors of the params under a path prefix, {"a/b": 10.0}; {}: none.
+            "lr_multipliers": {},
             "grad_accum_steps": 1,  # micro-batches per step (data.batch_size divides evenly)
             "ema_decay": {"tiny": 0.99, "mini": 0.999, "paper": 0.9999}[size],  # EMA of params
             "max_nonfinite_steps": 10,  # stop after this many NaN/inf steps in a row
@@ -303,6 +305,9 @@ def distill_config(name: str, size: str) -> ml_collections.ConfigDict:
             "lr_schedule": "cosine",  # per round, after warm-up: cosine | constant
             "warmup_steps": {"tiny": 2, "mini": 100, "paper": 1000}[size],  # per round
             "ema_decay": {"tiny": 0.9, "mini": 0.999, "paper": 0.9999}[size],  # student EMA
+            # Learning-rate factor of the student's guidance-weight embedding, which starts at
+            # zero (the ssr3 student's stayed small and ignored w: docs/RESULTS.md, 7th run).
+            "guidance_lr_multiplier": 1.0,
         }
     )
 

@@ -203,6 +203,9 @@ def round_config(config: ml_collections.ConfigDict, round_: Round) -> ml_collect
     config.train.warmup_steps = min(int(distill.warmup_steps), round_.num_steps - 1)
     config.train.ema_decay = float(distill.ema_decay)
     config.train.sample_every = 0
+    multiplier = float(distill.get("guidance_lr_multiplier", 1.0))
+    if multiplier != 1.0:
+        config.train.lr_multipliers = {GUIDANCE_PARAMS: multiplier}
     return config
 
 

@@ -1,4 +1,5 @@
-"""AdamW with linear warm-up, a cosine or constant schedule and global-norm clipping."""
+"""AdamW with linear warm-up, a cosine or constant schedule, global-norm clipping and
+per-module learning-rate multipliers."""
 
 from __future__ import annotations
 
@@ -33,8 +34,45 @@ def _kernels_only(params):
     return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
+def _path_name(path: tuple) -> str:
+    return "/".join(str(getattr(key, "key", key)) for key in path)
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + "/")
+
+
+def scale_by_module(multipliers: Mapping[str, float]) -> optax.GradientTransformation:
+    """Multiplies the updates of the params under each path prefix (``"guidance_embedding"``,
+    ``"encoder/block_0"``) by its factor: a learning-rate multiplier for those modules. A
+    prefix that names no param is an error (a typo would otherwise change nothing)."""
+    factors = {str(prefix): float(factor) for prefix, factor in multipliers.items()}
+
+    def factor_of(name: str) -> float:
+        return next((f for prefix, f in factors.items() if _under(name, prefix)), 1.0)
+
+    def init(params):
+        names = [_path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        unknown = [p for p in factors if not any(_under(name, p) for name in names)]
+        if unknown:
+            raise ValueError(
+                f"train.lr_multipliers names no params: {unknown} (params are e.g. {names[:3]})"
+            )
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        def scaled(path, update):
+            factor = factor_of(_path_name(path))
+            return update if factor == 1.0 else update * factor
+
+        return jax.tree_util.tree_map_with_path(scaled, updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(train: Mapping) -> optax.GradientTransformation:
-    """The optimizer of ``config.train``: [clip by global norm] -> AdamW on the schedule."""
+    """The optimizer of ``config.train``: [clip by global norm] -> AdamW on the schedule ->
+    [the learning-rate multipliers of ``train.lr_multipliers``]."""
     adamw = optax.adamw(
         learning_rate_schedule(train),
         b1=float(train["adam_b1"]),
@@ -44,6 +82,7 @@ def make_optimizer(train: Mapping) -> optax.GradientTransformation:
         mask=_kernels_only,
     )
     clip = float(train["grad_clip_norm"])
-    if clip > 0:
-        return optax.chain(optax.clip_by_global_norm(clip), adamw)
-    return adamw
+    multipliers = dict(train.get("lr_multipliers") or {})
+    parts = [optax.clip_by_global_norm(clip)] if clip > 0 else []
+    parts += [adamw] + ([scale_by_module(multipliers)] if multipliers else [])
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
