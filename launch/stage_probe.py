@@ -15,7 +15,9 @@ Each ``--variant NAME=CASCADE[:sampler=S][:steps=N][:seed=K][:guidance=W]`` then
 W, default the stage's) and is scored: caption accuracy, FVD and KVD against held-out real
 clips, the pixels' mean and standard deviation, and its seconds a sample (compiled). One
 JSON line per variant on stdout and in ``<out>/probe.jsonl``, a markdown table last and in
-``<out>/probe.md``; ``<out>/<variant>.npy`` keeps the first four videos.
+``<out>/probe.md``; ``<out>/<variant>.npy`` keeps the first four videos. ``--inputs FILE``
+keeps the input videos: a later probe of the same chain, stage, prompts and seed reads them
+from FILE instead of sampling the chain again (minutes on a GPU for the mini cascade).
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-fvd", action="store_true", help="caption accuracy only")
     parser.add_argument("--cache-dir", type=Path, help="real clips' I3D features (default: out)")
+    parser.add_argument(
+        "--inputs", type=Path, help="the input videos' file: read when it exists, else written"
+    )
     args = parser.parse_args(argv)
     names = [name for name, _, _ in args.variants]
     if len(set(names)) != len(names):
@@ -95,6 +100,28 @@ def input_videos(chain: Any, stage: str, prompts, *, batch: int, seed: int) -> n
     return videos[before[-1]]
 
 
+def chain_inputs(args: argparse.Namespace, chain: Any, prompts, *, batch: int) -> np.ndarray | None:
+    """:func:`input_videos`, read from ``--inputs`` when that file holds the videos of the same
+    chain, stage, prompts and seed (refused when made otherwise), else sampled and written
+    there."""
+    made_with = {
+        "chain": str(args.chain.resolve()), "stage": args.stage,
+        "num_samples": args.num_samples, "seed": args.seed,
+    }  # fmt: skip
+    if args.inputs is not None and args.inputs.exists():
+        with np.load(args.inputs) as saved:
+            saved_with = json.loads(str(saved["made_with"]))
+            if saved_with != made_with:
+                raise SystemExit(f"--inputs {args.inputs} holds {saved_with}, not {made_with}")
+            log(f"input videos read from {args.inputs}")
+            return saved["videos"]
+    videos = input_videos(chain, args.stage, prompts, batch=batch, seed=args.seed)
+    if args.inputs is not None and videos is not None:
+        with open(args.inputs, "wb") as out:
+            np.savez(out, videos=videos, made_with=json.dumps(made_with))
+    return videos
+
+
 def log(message: str) -> None:
     print(f"[probe] {message}", file=sys.stderr, flush=True)
 
@@ -110,7 +137,7 @@ def probe(args: argparse.Namespace) -> list[dict[str, Any]]:
     batch = min(args.batch, args.num_samples)
     chain = load(args.chain, args.text_cache, prompts, args.stage)
     started = time.perf_counter()
-    cond = input_videos(chain, args.stage, prompts, batch=batch, seed=args.seed)
+    cond = chain_inputs(args, chain, prompts, batch=batch)
     log(f"input videos in {time.perf_counter() - started:.0f} s")
     classifier = load_classifier()
     render = render_spec(chain.stages[chain.stage_names[0]].config, chain.stages[args.stage].spec)

@@ -325,23 +325,34 @@ def test_table1_with_an_earlier_original_measures_only_the_students(
     assert "figures are those of an earlier run" in markdown
 
 
-def test_stage_probe_samples_the_stage_from_the_chains_own_input(stage_probe, tmp_path):
-    """A variant that is the chain itself reproduces the chain's own output of the stage (the
-    same input videos and seeds, in batches of 2 with the last one padded); another seed gives
-    other videos; each variant is scored and saved."""
+def _probe_chain(tmp_path):
+    """A two-stage chain of small random stages (2 steps each) and a caption cache of the
+    first 5 held-out prompts: (folder, cache, prompts)."""
     from test_eval_cascade import HashEncoder, small_stage
 
     from imagen_video_jax.cascade import Cascade
-    from imagen_video_jax.eval.cascade_eval import held_out_prompts, with_text_cache
+    from imagen_video_jax.eval.cascade_eval import held_out_prompts
     from imagen_video_jax.models.text_cache import cache_embeddings
 
     configs = [small_stage("base", "attention"), small_stage("tsr1", "conv")]
     for config in configs:
         config.sample.num_steps = 2
-    folder, cache, out = tmp_path / "cascade", tmp_path / "captions.npz", tmp_path / "probe"
+    folder, cache = tmp_path / "cascade", tmp_path / "captions.npz"
     Cascade.from_configs(configs).save(folder, dtype="float32")
     prompts = held_out_prompts(5)
     cache_embeddings(HashEncoder(), prompts, cache)
+    return folder, cache, prompts
+
+
+def test_stage_probe_samples_the_stage_from_the_chains_own_input(stage_probe, tmp_path):
+    """A variant that is the chain itself reproduces the chain's own output of the stage (the
+    same input videos and seeds, in batches of 2 with the last one padded); another seed gives
+    other videos; each variant is scored and saved."""
+    from imagen_video_jax.cascade import Cascade
+    from imagen_video_jax.eval.cascade_eval import with_text_cache
+
+    folder, cache, prompts = _probe_chain(tmp_path)
+    out = tmp_path / "probe"
     argv = [
         "--chain", str(folder), "--stage", "tsr1", "--text-cache", str(cache), "--out", str(out),
         "--variant", f"same={folder}", "--variant", f"reseeded={folder}:seed=100",
@@ -359,6 +370,33 @@ def test_stage_probe_samples_the_stage_from_the_chains_own_input(stage_probe, tm
     assert [(r["variant"], r["seed"]) for r in records] == [("same", 0), ("reseeded", 100)]
     assert all(0 <= r["caption_accuracy"] <= 1 and r["fvd"] is None for r in records)
     assert (out / "probe.md").read_text().count("\n") == 4
+
+
+def test_stage_probe_reads_the_input_videos_it_kept(stage_probe, tmp_path, monkeypatch):
+    """With --inputs, the first probe writes the chain's videos and a second one reads them
+    instead of sampling the chain (same output); a file made with another seed is refused."""
+    folder, cache, _ = _probe_chain(tmp_path)
+    inputs = tmp_path / "inputs.npz"
+
+    def probe(out, *more):
+        argv = [
+            "--chain", str(folder), "--stage", "tsr1", "--text-cache", str(cache),
+            "--out", str(tmp_path / out), "--variant", f"same={folder}", "--num-samples", "3",
+            "--batch", "3", "--no-fvd", "--inputs", str(inputs), *more,
+        ]  # fmt: skip
+        assert stage_probe.main(argv) == 0
+        return np.load(tmp_path / out / "same.npy")
+
+    first = probe("first")
+    assert inputs.exists()
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the chain was sampled again")
+
+    monkeypatch.setattr(stage_probe, "input_videos", no_sampling)
+    np.testing.assert_array_equal(probe("second"), first)
+    with pytest.raises(SystemExit, match="'seed': 0.*'seed': 4"):
+        probe("third", "--seed", "4")
 
 
 def test_stage_probe_names_a_malformed_variant(stage_probe):
