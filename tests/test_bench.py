@@ -306,7 +306,7 @@ def test_a_step_out_of_memory_records_what_it_asked_for(monkeypatch):
         raise RuntimeError(message)
 
     monkeypatch.setattr(paper_memory, "TrainBench", out_of_memory)
-    monkeypatch.setattr(paper_memory, "bytes_in_use", lambda: 30.88 * GIB)
+    monkeypatch.setattr(measure, "max_in_use_gib", lambda: 30.88)
     monkeypatch.setattr(paper_memory, "device_bytes", lambda device: 135.6 * GIB)
     record = paper_memory.step_record("tsr3", size="tiny", overrides=ONE_LEVEL)
     assert record["failed_allocation_gib"] == pytest.approx(96.54)

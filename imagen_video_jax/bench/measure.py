@@ -129,6 +129,18 @@ def peak_memory_gib(device: jax.Device | None = None) -> float | None:
     return stats.get("peak_bytes_in_use", stats.get("bytes_in_use", 0)) / 2**30
 
 
+def in_use_gib(device: jax.Device | None = None) -> float | None:
+    """Bytes in use on ``device`` now, in GiB (None where the backend has no stats)."""
+    stats = (device or jax.devices()[0]).memory_stats()
+    return None if not stats else stats.get("bytes_in_use", 0) / 2**30
+
+
+def max_in_use_gib() -> float | None:
+    """The largest :func:`in_use_gib` over this process's devices."""
+    in_use = [in_use_gib(device) for device in jax.local_devices()]
+    return max((g for g in in_use if g is not None), default=None)
+
+
 def max_peak_memory_gib() -> float | None:
     """The largest :func:`peak_memory_gib` over this process's devices."""
     peaks = [peak_memory_gib(device) for device in jax.local_devices()]

@@ -231,12 +231,6 @@ def measured_needs(
     )
 
 
-def bytes_in_use() -> float:
-    """The most bytes in use on any of this process's devices now."""
-    stats = [device.memory_stats() or {} for device in jax.local_devices()]
-    return float(max((s.get("bytes_in_use", 0) for s in stats), default=0))
-
-
 def step_record(name: str, **options: Any) -> dict:
     """One real train step of the stage on every device here (FSDP, batch 1 per device): its
     time and the largest per-device peak memory, or the error and an estimate of what fits.
@@ -260,7 +254,7 @@ def step_record(name: str, **options: Any) -> dict:
     except Exception as err:  # out of memory shows up as an XLA runtime error
         record.update(fits=False, error=measure.error_line(err))
         record["peak_gib"] = measure.max_peak_memory_gib()
-        failed, held = failed_allocation_bytes(str(err)), bytes_in_use()
+        failed, held = failed_allocation_bytes(str(err)), (measure.max_in_use_gib() or 0.0) * GIB
         train_step = measure.TrainStep.build(config, make_mesh(config.mesh, devices))
         limit = device_bytes(devices[0])
         record.update(memory_estimate(config, train_step, limit))

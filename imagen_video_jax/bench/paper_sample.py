@@ -96,11 +96,6 @@ def delete(tree: Any) -> None:
             leaf.delete()
 
 
-def in_use_gib() -> float | None:
-    stats = jax.devices()[0].memory_stats()
-    return None if not stats else stats.get("bytes_in_use", 0) / 2**30
-
-
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     """``fn()``'s device result and its wall time, waiting for the device."""
     start = time.perf_counter()
@@ -358,7 +353,7 @@ def run(
         if given is not None:
             delete(given)
         records.append(
-            measure.emit({**base, "part": "stage", **record, "in_use_gib": in_use_gib()})
+            measure.emit({**base, "part": "stage", **record, "in_use_gib": measure.in_use_gib()})
         )
         previous = name
     total = sum(r["sample_s"] for r in records)
