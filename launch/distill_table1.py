@@ -45,7 +45,9 @@ Every stage is distilled on its training crops by default: ssr3 distilled on sma
 most of its caption accuracy (likely: GroupNorm statistics over a crop are not a whole frame's).
 ``--stage-set ssr3:data.crop_height=0 --stage-set ssr3:data.crop_width=0 --stage-set
 ssr3:data.batch_size=4`` distils it on the whole 512 x 512 frames it samples instead (about 21
-minutes on an H200; docs/RESULTS.md, seventh run). Leave
+minutes on an H200; docs/RESULTS.md, seventh run). ``--student ssr3=DIR`` puts a student
+distilled earlier (its compact export) in the distilled cascade instead of distilling that
+stage again. Leave
 XLA's autotuning on: without it (``--xla_gpu_autotune_level=0``) the students trained two
 orders of magnitude slower.
 """
@@ -183,7 +185,12 @@ def distilled_folder(args: argparse.Namespace, names: Sequence[str], stages: Seq
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         link = folder / name
-        target = (args.workdir / "students" / name) if name in stages else (args.cascade / name)
+        if name in args.student:
+            target = args.student[name]
+        elif name in stages:
+            target = args.workdir / "students" / name
+        else:
+            target = args.cascade / name
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(target.resolve(), target_is_directory=True)
@@ -411,6 +418,21 @@ def stage_override(text: str) -> tuple[str, str]:
     return stage, override
 
 
+def student_folder(text: str) -> tuple[str, Path]:
+    """``--student``: ``"ssr3=runs/ff/students/ssr3"`` -> ('ssr3', that folder, resolved)."""
+    from imagen_video_jax.stages import STAGE_ORDER
+
+    stage, sep, folder = text.partition("=")
+    if not sep or stage not in STAGE_ORDER or not folder:
+        raise argparse.ArgumentTypeError(
+            f"give STAGE=FOLDER with STAGE one of {list(STAGE_ORDER)}, not {text!r}"
+        )
+    path = Path(folder).resolve()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"--student {stage}: {path} is not a folder")
+    return stage, path
+
+
 def rounds_text(args: argparse.Namespace) -> str:
     """The steps a round, as the table's header gives them: "400" or "400 (ssr3 1000)"."""
     overrides = ", ".join(f"{stage} {steps}" for stage, steps in args.stage_steps.items())
@@ -469,6 +491,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="a config override for one stage's distillation, after --set (e.g. "
         "ssr3:data.crop_height=0 to distil ssr3 on whole frames)",
     )
+    parser.add_argument(
+        "--student",
+        type=student_folder,
+        action="append",
+        default=[],
+        metavar="STAGE=FOLDER",
+        help="a student distilled earlier (its compact export, or its folder of a distill "
+        "workdir), used for STAGE instead of distilling it again",
+    )
     students = parser.add_mutually_exclusive_group()
     students.add_argument(
         "--skip-distill", action="store_true", help="use the students already in <workdir>/students"
@@ -492,6 +523,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.cascade = args.cascade.resolve()
+    args.student = dict(args.student)
     args.workdir = args.workdir.resolve()
     candidates = [args.text_cache] if args.text_cache else DEFAULT_TEXT_CACHES
     found = [path for path in candidates if path.is_file()]
@@ -576,14 +608,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     names = list(stage_dirs(args.cascade))
     stages = [s for s in args.stages.split(",") if s] or names
-    unknown = sorted(set(stages) - set(names))
+    unknown = sorted((set(stages) | set(args.student)) - set(names))
     if unknown:
-        raise SystemExit(f"--stages {unknown} are not in {args.cascade}, which holds {names}")
+        raise SystemExit(
+            f"stages {unknown} (--stages, --student) are not in {args.cascade}, which holds {names}"
+        )
     started = time.perf_counter()
-    students = concurrent.futures.ThreadPoolExecutor(len(stages))
-    running = (
-        {} if args.skip_distill else {s: students.submit(distill_stage, args, s) for s in stages}
-    )
+    students = concurrent.futures.ThreadPoolExecutor(max(1, len(stages)))
+    to_distill = [] if args.skip_distill else [s for s in stages if s not in args.student]
+    running = {s: students.submit(distill_stage, args, s) for s in to_distill}
     if args.distill_only:
         for stage, seconds in finish_students(args, running).items():
             log(f"{stage}: {seconds:.0f} s")
@@ -634,7 +667,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "# Table 1 on the mini cascade: original vs distilled",
             f"Cascade {args.cascade}; distilled to {args.final_steps} steps a stage with "
             f"{rounds_text(args)} steps a round at batch {args.batch}; quality on "
-            f"{args.num_samples} held-out prompts (seed {args.seed}); {info['device']}, "
+            f"{args.num_samples} held-out prompts (seed {args.seed})"
+            + "".join(f"; {stage}: the student in {path}" for stage, path in args.student.items())
+            + f"; {info['device']}, "
             f"JAX {info['jax']}; run: `{info['command']}`; {result['wall_seconds']:.0f} s in all."
             + (
                 f" The original cascade's figures are those of an earlier run on the same device "

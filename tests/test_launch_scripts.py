@@ -183,6 +183,22 @@ def test_table1_stage_set_overrides_only_the_stage_named(distill_table1, tmp_pat
             _table1_args(distill_table1, tmp_path, "--stage-set", bad)
 
 
+def test_table1_links_a_student_given_instead_of_distilling_it(distill_table1, tmp_path):
+    """--student ssr3=DIR: the distilled cascade links DIR for ssr3, the workdir's students for
+    the stages distilled, and the teachers for the rest."""
+    given = tmp_path / "whole_frames" / "ssr3"
+    given.mkdir(parents=True)
+    args = _table1_args(distill_table1, tmp_path, "--student", f"ssr3={given}")
+    assert args.student == {"ssr3": given.resolve()}
+    folder = distill_table1.distilled_folder(args, ["base", "tsr1", "ssr3"], ["base", "ssr3"])
+    assert (folder / "ssr3").resolve() == given.resolve()
+    assert (folder / "base").resolve() == (args.workdir / "students" / "base").resolve()
+    assert (folder / "tsr1").resolve() == (args.cascade / "tsr1").resolve()
+    for bad in (f"ssr9={given}", str(given), f"ssr3={tmp_path / 'missing'}"):
+        with pytest.raises(SystemExit):
+            _table1_args(distill_table1, tmp_path, "--student", bad)
+
+
 class _SlowCascade:
     """Stands in for a cascade whose stage takes the given seconds, run after run."""
 
