@@ -34,22 +34,20 @@ model input (one model call a step).
 
 Every record is printed as a JSON line and written to ``<workdir>/table1.jsonl``; the tables
 (per stage, and end to end beside the paper's row) go to ``<workdir>/table1.md`` and stdout.
-The default schedule is 400 steps a round at batch 8: on one H200 the six smaller stages
-distil in 6-11 minutes together, ssr3 takes longest (about 160 s to compile, then 4.6 steps/s
-alone for its 2000 steps; docs/PERFORMANCE.md), and the evaluation and timing of both
-cascades come after it. Shorter rounds lose quality (docs/RESULTS.md: 150 steps a round cost
-ssr2 15 points of caption accuracy, 400 steps 10). ``--stage-steps ssr3=1000`` gives the
-stages named longer rounds: with 400 steps ssr3 still lost 10 points, every other stage at
-most 10 and the chain up to tsr3 none.
-Every stage is distilled on its training crops by default: ssr3 distilled on smaller crops lost
-most of its caption accuracy (likely: GroupNorm statistics over a crop are not a whole frame's).
-``--stage-set ssr3:data.crop_height=0 --stage-set ssr3:data.crop_width=0 --stage-set
-ssr3:data.batch_size=4`` distils it on the whole 512 x 512 frames it samples instead (about 21
-minutes on an H200; docs/RESULTS.md, seventh run). ``--student ssr3=DIR`` puts a student
-distilled earlier (its compact export) in the distilled cascade instead of distilling that
-stage again. Leave
-XLA's autotuning on: without it (``--xla_gpu_autotune_level=0``) the students trained two
-orders of magnitude slower.
+The default schedule is 400 steps a round at batch 8. ssr3 is distilled on the whole 512 x 512
+frames it samples, at batch 4 (``STAGE_DEFAULTS``), every other stage on its training crops:
+on 256 x 256 crops ssr3's student lost 10-20 points of caption accuracy, on 128 x 128 crops 45
+(likely: GroupNorm statistics over a crop are not a whole frame's); on whole frames the
+cascade met Table 1's targets (docs/RESULTS.md, seventh and eighth runs). On one H200 the six
+smaller stages distil in 6-11 minutes together, ssr3 in about 21 (2.0 steps/s once compiled),
+and the evaluation and timing of both cascades take about 10 minutes after it. Shorter rounds
+lose quality (150 steps a round cost ssr2 15 points of caption accuracy, 400 steps 10);
+``--stage-steps ssr3=1000`` gives the stages named longer rounds. ``--stage-set
+ssr3:data.crop_height=256 --stage-set ssr3:data.crop_width=256 --stage-set
+ssr3:data.batch_size=8`` distils ssr3 on its training crops again. ``--student ssr3=DIR`` puts
+a student distilled earlier (its compact export) in the distilled cascade instead of
+distilling that stage again. Leave XLA's autotuning on: without it
+(``--xla_gpu_autotune_level=0``) the students trained two orders of magnitude slower.
 """
 
 from __future__ import annotations
@@ -92,6 +90,10 @@ MAX_FVD_RATIO = 1.25
 # Grain workers of each student's data: the 512 x 512 stage renders the most.
 WORKERS = {"ssr3": 8}
 DEFAULT_WORKERS = 2
+# Settings of one stage's distillation before --set and --stage-set: ssr3 learns on the whole
+# 512 x 512 frames it samples, not on its training crops (docs/RESULTS.md, seventh and eighth
+# runs), at batch 4 (twice the pixels of batch 8 at 256 x 256).
+STAGE_DEFAULTS = {"ssr3": ["data.crop_height=0", "data.crop_width=0", "data.batch_size=4"]}
 
 
 def log(message: str) -> None:
@@ -123,7 +125,8 @@ def distill_command(args: argparse.Namespace, stage: str) -> list[str]:
         "train.log_every": max(1, steps // 5),
         "train.checkpoint_every": steps,
     }
-    sets = [f"{key}={value}" for key, value in settings.items()] + list(args.set)
+    sets = [f"{key}={value}" for key, value in settings.items()] + STAGE_DEFAULTS.get(stage, [])
+    sets += list(args.set)
     sets += [override for name, override in args.stage_set if name == stage]
     return [
         sys.executable, "-m", "imagen_video_jax.cli", "distill",
@@ -472,7 +475,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="STAGE=N,...",
         help="steps a round for the stages named (the others take --steps-per-round)",
     )
-    parser.add_argument("--batch", type=int, default=8, help="global batch of distillation")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="global batch of distillation (ssr3 takes 4 on whole frames: STAGE_DEFAULTS)",
+    )
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument(

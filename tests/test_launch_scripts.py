@@ -79,8 +79,9 @@ def test_table1_distill_command_sets_every_round_to_the_steps_asked(distill_tabl
         "data.num_workers=8",
     ):
         assert wanted in sets
-    assert not any(s.startswith("data.crop") for s in sets)  # distilled on its training crops
-    assert "data.num_workers=2" in _sets(distill_table1.distill_command(args, "ssr2"))
+    ssr2 = _sets(distill_table1.distill_command(args, "ssr2"))
+    assert "data.num_workers=2" in ssr2
+    assert not any(s.startswith("data.crop") for s in ssr2)  # distilled on its training crops
 
 
 def test_fixed_cost_times_the_loop_sample_stage_runs(stage_fixed_cost):
@@ -175,12 +176,27 @@ def test_table1_stage_set_overrides_only_the_stage_named(distill_table1, tmp_pat
     assert "data.crop_height=0" in ssr3
     # After the script's own batch and --set, so that the stage's value wins.
     batches = [value for value in ssr3 if value.startswith("data.batch_size=")]
-    assert batches == ["data.batch_size=8", "data.batch_size=6", "data.batch_size=4"]
+    assert batches == [
+        "data.batch_size=8", "data.batch_size=4", "data.batch_size=6", "data.batch_size=4"
+    ]  # fmt: skip
     tsr3 = _sets(distill_table1.distill_command(args, "tsr3"))
     assert "data.crop_height=0" not in tsr3 and "data.batch_size=4" not in tsr3
     for bad in ("ssr3=data.batch_size=4", "ssr9:data.batch_size=4", "ssr3:data.batch_size"):
         with pytest.raises(SystemExit):
             _table1_args(distill_table1, tmp_path, "--stage-set", bad)
+
+
+def test_table1_distills_ssr3_on_whole_frames_by_default(distill_table1, tmp_path):
+    """ssr3 learns on the whole frames it samples (its training crops cost it caption
+    accuracy), at batch 4; the other stages keep their teachers' crops and --batch."""
+    args = _table1_args(distill_table1, tmp_path)
+    ssr3 = _sets(distill_table1.distill_command(args, "ssr3"))
+    for setting in ("data.crop_height=0", "data.crop_width=0", "data.batch_size=4"):
+        assert setting in ssr3
+    assert ssr3.index("data.batch_size=4") > ssr3.index("data.batch_size=8")  # it wins
+    tsr3 = _sets(distill_table1.distill_command(args, "tsr3"))
+    assert not any(value.startswith("data.crop_") for value in tsr3)
+    assert [v for v in tsr3 if v.startswith("data.batch_size=")] == ["data.batch_size=8"]
 
 
 def test_table1_links_a_student_given_instead_of_distilling_it(distill_table1, tmp_path):
