@@ -497,7 +497,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="STAGE:KEY=VALUE",
         help="a config override for one stage's distillation, after --set (e.g. "
-        "ssr3:data.crop_height=0 to distil ssr3 on whole frames)",
+        "ssr3:data.batch_size=2 for a smaller GPU)",
     )
     parser.add_argument(
         "--student",
