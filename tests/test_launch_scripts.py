@@ -204,7 +204,9 @@ def test_table1_links_a_student_given_instead_of_distilling_it(distill_table1, t
     the stages distilled, and the teachers for the rest."""
     given = tmp_path / "whole_frames" / "ssr3"
     given.mkdir(parents=True)
-    args = _table1_args(distill_table1, tmp_path, "--student", f"ssr3={given}")
+    args = _table1_args(
+        distill_table1, tmp_path, "--workdir", str(tmp_path / "run"), "--student", f"ssr3={given}"
+    )
     assert args.student == {"ssr3": given.resolve()}
     folder = distill_table1.distilled_folder(args, ["base", "tsr1", "ssr3"], ["base", "ssr3"])
     assert (folder / "ssr3").resolve() == given.resolve()
