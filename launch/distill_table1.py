@@ -622,8 +622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"stages {unknown} (--stages, --student) are not in {args.cascade}, which holds {names}"
         )
     started = time.perf_counter()
-    students = concurrent.futures.ThreadPoolExecutor(max(1, len(stages)))
     to_distill = [] if args.skip_distill else [s for s in stages if s not in args.student]
+    students = concurrent.futures.ThreadPoolExecutor(max(1, len(to_distill)))
     running = {s: students.submit(distill_stage, args, s) for s in to_distill}
     if args.distill_only:
         for stage, seconds in finish_students(args, running).items():

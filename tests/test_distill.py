@@ -395,6 +395,10 @@ def test_the_guidance_embedding_can_learn_faster_than_the_rest():
     first = plan_rounds(config)[0]
     assert dict(round_config(config, first).train.lr_multipliers) == {"guidance_embedding": 10.0}
     assert not round_config(tiny_config(), first).train.lr_multipliers
+    config.train.lr_multipliers = {"encoder": 2.0}  # a factor of the user's is kept beside it
+    merged = dict(round_config(config, first).train.lr_multipliers)
+    assert merged == {"encoder": 2.0, "guidance_embedding": 10.0}
+    config.train.lr_multipliers = {}
     params = {"guidance_embedding": {"kernel": jnp.zeros(3)}, "conv": {"kernel": jnp.zeros(3)}}
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
     tx = make_optimizer(round_config(config, first).train)

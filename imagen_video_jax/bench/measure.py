@@ -121,30 +121,38 @@ def floor_seconds(flops: float, peak_tflops: float) -> float:
     return flops / (peak_tflops * 1e12)
 
 
-def peak_memory_gib(device: jax.Device | None = None) -> float | None:
-    """Peak bytes in use on ``device`` since start, in GiB (None where the backend has no stats)."""
+def _memory_stat_gib(device: jax.Device | None, *keys: str) -> float | None:
+    """The first of ``keys`` in ``device``'s memory stats, in GiB (None where the backend has
+    no stats)."""
     stats = (device or jax.devices()[0]).memory_stats()
     if not stats:
         return None
-    return stats.get("peak_bytes_in_use", stats.get("bytes_in_use", 0)) / 2**30
+    return next((stats[key] for key in keys if key in stats), 0) / 2**30
+
+
+def _largest_over_devices(read: Callable[[jax.Device], float | None]) -> float | None:
+    values = [read(device) for device in jax.local_devices()]
+    return max((v for v in values if v is not None), default=None)
+
+
+def peak_memory_gib(device: jax.Device | None = None) -> float | None:
+    """Peak bytes in use on ``device`` since start, in GiB (None where the backend has no stats)."""
+    return _memory_stat_gib(device, "peak_bytes_in_use", "bytes_in_use")
 
 
 def in_use_gib(device: jax.Device | None = None) -> float | None:
     """Bytes in use on ``device`` now, in GiB (None where the backend has no stats)."""
-    stats = (device or jax.devices()[0]).memory_stats()
-    return None if not stats else stats.get("bytes_in_use", 0) / 2**30
+    return _memory_stat_gib(device, "bytes_in_use")
 
 
 def max_in_use_gib() -> float | None:
     """The largest :func:`in_use_gib` over this process's devices."""
-    in_use = [in_use_gib(device) for device in jax.local_devices()]
-    return max((g for g in in_use if g is not None), default=None)
+    return _largest_over_devices(in_use_gib)
 
 
 def max_peak_memory_gib() -> float | None:
     """The largest :func:`peak_memory_gib` over this process's devices."""
-    peaks = [peak_memory_gib(device) for device in jax.local_devices()]
-    return max((p for p in peaks if p is not None), default=None)
+    return _largest_over_devices(peak_memory_gib)
 
 
 def bytes_per_device(tree: Any) -> int:

@@ -205,7 +205,7 @@ def round_config(config: ml_collections.ConfigDict, round_: Round) -> ml_collect
     config.train.sample_every = 0
     multiplier = float(distill.get("guidance_lr_multiplier", 1.0))
     if multiplier != 1.0:
-        config.train.lr_multipliers = {GUIDANCE_PARAMS: multiplier}
+        config.train.lr_multipliers = {**config.train.lr_multipliers, GUIDANCE_PARAMS: multiplier}
     return config
 
 
