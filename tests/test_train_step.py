@@ -201,6 +201,8 @@ def test_nonfinite_step_is_skipped_and_counted():
             np.testing.assert_array_equal(a, b)
         for a, b in zip(jax.tree.leaves(before.opt_state), jax.tree.leaves(after.opt_state)):
             np.testing.assert_array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(before.ema_params), jax.tree.leaves(after.ema_params)):
+            np.testing.assert_array_equal(a, b)
         state, metrics = step(state, device_batch(2), None)
         assert int(metrics["nonfinite_run"]) == 0 and int(metrics["nonfinite_total"]) == 1
         changed = jax.device_get(state.params)

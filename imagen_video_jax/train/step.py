@@ -121,7 +121,7 @@ def make_update_step(
             nonfinite_run=state.nonfinite_run + 1, nonfinite_total=state.nonfinite_total + 1
         )
         updates_applied = state.step - state.nonfinite_total
-        state = keep_where(finite, updated, skipped)
+        state = _keep_where(finite, updated, skipped)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
@@ -134,7 +134,7 @@ def make_update_step(
     return step
 
 
-def keep_where(condition: jax.Array, if_true: Any, if_false: Any) -> Any:
+def _keep_where(condition: jax.Array, if_true: Any, if_false: Any) -> Any:
     """``if_true`` where the scalar ``condition`` holds, else ``if_false``, leaf by leaf.
 
     An elementwise select rather than ``lax.cond``: on a GPU a conditional waits for its
