@@ -410,7 +410,8 @@ def test_temporal_conv_matches_numpy():
     xs, vs = np.asarray(x, np.float64), np.asarray(video)[:, :, None, None, None]
     h = _silu(_group_norm_ref(xs, groups, p["norm"]["scale"], p["norm"]["bias"])) * vs
     padded = np.pad(h, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
-    kernel = p["conv"]["kernel"][:, 0]  # [3, C_in, C_out] over frames t-1, t, t+1
+    # [C_out, 3, 1, C_in] -> [3, C_in, C_out] over frames t-1, t, t+1
+    kernel = np.transpose(p["conv"]["kernel"][:, :, 0], (1, 2, 0))
     update = sum(np.einsum("bthwc,cd->bthwd", padded[:, i : i + 5], kernel[i]) for i in range(3))
     expected = xs + (update + p["conv"]["bias"]) * vs
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

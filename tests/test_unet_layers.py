@@ -116,7 +116,9 @@ def test_frame_group_norm_keeps_dtypes_and_frames_independent():
 
 
 def _upsample_conv_ref(x, kernel, bias):
-    """float64 nearest 2x upsampling of [N, H, W, C], then a zero-padded 3x3 convolution."""
+    """float64 nearest 2x upsampling of [N, H, W, C], then a zero-padded 3x3 convolution by an
+    [O, 3, 3, I] kernel."""
+    kernel = np.transpose(kernel, (1, 2, 3, 0))
     up = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
     padded = np.pad(up, ((0, 0), (1, 1), (1, 1), (0, 0)))
     n, h, w, _ = up.shape
@@ -134,7 +136,7 @@ def test_subpixel_conv_equals_upsample_then_conv():
     params = jax.tree.map(
         lambda s: np.random.default_rng(5).normal(size=s.shape), nn.unbox(abstract)["params"]
     )
-    assert {k: v.shape for k, v in params.items()} == {"kernel": (3, 3, 4, 6), "bias": (6,)}
+    assert {k: v.shape for k, v in params.items()} == {"kernel": (6, 3, 3, 4), "bias": (6,)}
     f32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
     out = module.apply({"params": f32}, jnp.asarray(x, jnp.float32))
     expected = _upsample_conv_ref(x.reshape(6, 5, 7, 4), params["kernel"], params["bias"])
@@ -147,7 +149,7 @@ def test_subpixel_conv_gradients_equal_upsample_then_conv():
     """Both gradients against autodiff of the plain formulation (jnp.repeat, SAME 3x3 conv)."""
     rng = np.random.default_rng(6)
     x = jnp.asarray(rng.normal(size=(3, 4, 6, 5)), jnp.float32)
-    kernel = jnp.asarray(rng.normal(size=(3, 3, 5, 7)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(7, 3, 3, 5)), jnp.float32)
     weights = jnp.asarray(rng.normal(size=(3, 8, 12, 7)), jnp.float32)
     bias = jnp.zeros(7)
 
@@ -157,7 +159,7 @@ def test_subpixel_conv_gradients_equal_upsample_then_conv():
 
     def plain(kernel, x):
         up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        dn = ("NHWC", "HWIO", "NHWC")
+        dn = ("NHWC", "OHWI", "NHWC")
         out = jax.lax.conv_general_dilated(up, kernel, (1, 1), "SAME", dimension_numbers=dn)
         return jnp.sum(weights * out)
 

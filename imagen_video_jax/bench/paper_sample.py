@@ -129,7 +129,8 @@ def layer_temporal_conv(h: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax
     kernel (``TemporalConv``'s convolution), no transpose."""
     b, t, height, width, c = h.shape
     layer = conv(kernel.shape[-1], (kernel.shape[0], 1), h.dtype)
-    params = {"params": {"kernel": kernel[:, None], "bias": bias}}
+    # [K, C_in, C_out] -> the layer's [C_out, K, 1, C_in]
+    params = {"params": {"kernel": jnp.transpose(kernel, (2, 0, 1))[:, :, None], "bias": bias}}
     out = layer.apply(params, h.reshape(b, t, height * width, c))
     return out.reshape(b, t, height, width, -1)
 

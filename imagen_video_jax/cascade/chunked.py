@@ -38,6 +38,7 @@ import numpy as np
 
 from imagen_video_jax.models.attention import CrossAttention, SpatialAttention
 from imagen_video_jax.models.layers import (
+    Conv,
     Downsample,
     FrameGroupNorm,
     ResBlock,
@@ -198,7 +199,7 @@ def layer_halo(layer: nn.Module) -> int | None:
         return TemporalConv.kernel_size // 2
     if isinstance(layer, PER_FRAME_LAYERS):
         return 0
-    if isinstance(layer, nn.Conv) and len(tuple(np.atleast_1d(layer.kernel_size))) == 2:
+    if isinstance(layer, (Conv, nn.Conv)) and len(tuple(np.atleast_1d(layer.kernel_size))) == 2:
         return 0  # a 2-D convolution of [B, T, H, W, C] convolves each frame alone
     return None
 
