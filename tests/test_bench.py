@@ -415,12 +415,12 @@ def test_temporal_attention_step_is_the_gradient_of_the_einsums(implementation):
 def test_temporal_attention_implementations_are_named_with_their_pixel_block(monkeypatch):
     calls = []
 
-    def attend_frames(q, k, v, bias, mask, implementation, **options):
+    def attend_frames(qkv, bias, mask, implementation, **options):
         calls.append((implementation, options))
 
     monkeypatch.setattr(temporal_attention, "attend_frames", attend_frames)
     for name in ("pallas/16", "pallas", "xla"):
-        temporal_attention.attention_fn(name)(None, None, None, None)
+        temporal_attention.attention_fn(name)(None, None)
     assert calls == [("pallas", {"block_pixels": 16}), ("pallas", {}), ("xla", {})]
     for bad in ("pallas/x", "xla/4", "triton"):
         with pytest.raises(ValueError, match="choose from"):

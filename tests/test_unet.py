@@ -268,7 +268,8 @@ def _fused_xla(q, k, v, bias, mask):
 
 
 def _pallas_interpreted(q, k, v, bias, mask):
-    return pallas_frame_attention(q, k, v, bias, mask, block_pixels=4, interpret=True)
+    qkv = jnp.stack([q, k, v], axis=3)
+    return pallas_frame_attention(qkv, bias, mask, block_pixels=4, interpret=True)
 
 
 # (frames, pixels, heads, head_dim): 6 frames and heads of 4 take the lane reductions (5 pixels
@@ -322,30 +323,30 @@ def test_pallas_attention_takes_dots_where_triton_can_tile_them():
 def test_pallas_attention_lowers_to_triton_kernels_for_the_gpu():
     """Lowered for CUDA from the CPU: the forward and the backward pass are each one Triton
     kernel (Pallas' Triton lowering runs without a GPU), at the bench U-Net's head size."""
-    q = jax.ShapeDtypeStruct((1, 16, 64, 2, 64), jnp.bfloat16)
+    qkv = jax.ShapeDtypeStruct((1, 16, 64, 3, 2, 64), jnp.bfloat16)
     bias = jax.ShapeDtypeStruct((2, 16, 16), jnp.float32)
 
-    def loss(q, k, v, bias):
-        out = pallas_frame_attention(q, k, v, bias, None, interpret=False)
+    def loss(qkv, bias):
+        out = pallas_frame_attention(qkv, bias, None, interpret=False)
         return jnp.sum(out.astype(jnp.float32))
 
-    step = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
-    text = step.trace(q, q, q, bias).lower(lowering_platforms=("cuda",)).as_text()
+    step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    text = step.trace(qkv, bias).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 2
 
 
 def test_pallas_attention_names_shapes_triton_cannot_tile():
-    q = jnp.zeros((1, 6, 8, 1, 4))
+    qkv = jnp.zeros((1, 6, 8, 3, 1, 4))
     with pytest.raises(ValueError, match=r"powers of 2; got \{'frames': 6\}.*attention_impl='xla'"):
-        pallas_frame_attention(q, q, q, jnp.zeros((1, 6, 6)), None, interpret=False)
+        pallas_frame_attention(qkv, jnp.zeros((1, 6, 6)), None, interpret=False)
 
 
 def test_pallas_attention_refuses_a_backend_without_its_kernels(monkeypatch):
     """On a TPU the Triton kernels cannot compile, and the interpreter would be silently slow."""
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-    q = jnp.zeros((1, 4, 8, 1, 4))
+    qkv = jnp.zeros((1, 4, 8, 3, 1, 4))
     with pytest.raises(ValueError, match="GPUs only, not 'tpu'"):
-        pallas_frame_attention(q, q, q, jnp.zeros((1, 4, 4)), None)
+        pallas_frame_attention(qkv, jnp.zeros((1, 4, 4)), None)
 
 
 def test_pallas_attention_runs_per_shard_under_a_mesh():
@@ -365,18 +366,21 @@ def test_pallas_attention_runs_per_shard_under_a_mesh():
 
         return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
 
+    def sharded(kernels):
+        return lambda q, k, v, *rest: per_shard(kernels, jnp.stack([q, k, v], axis=3), *rest)
+
     want = grads(frame_attention)(q, k, v, bias)
     compiled = functools.partial(pallas_frame_attention, interpret=False)
     with mesh_context(mesh, DEFAULT_RULES):
-        got = grads(lambda *args: per_shard(pallas_frame_attention, *args))(q, k, v, bias)
-        step = grads(lambda *args: per_shard(compiled, *args))
+        got = grads(sharded(pallas_frame_attention))(q, k, v, bias)
+        step = grads(sharded(compiled))
         text = step.trace(q, k, v, bias).lower(lowering_platforms=("cuda",)).as_text()
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
     kernels = [line for line in text.splitlines() if "__gpu$xla.gpu.triton" in line]
     assert len(kernels) == 2
-    assert all("tensor<1x4x8x1x4xf32>" in line for line in kernels)
-    assert not any("tensor<4x4x8x2x4xf32>" in line for line in kernels)
+    assert all("tensor<1x4x8x3x1x4xf32>" in line for line in kernels)
+    assert not any("tensor<4x4x8x3x2x4xf32>" in line for line in kernels)
 
 
 def test_temporal_attention_tells_time_direction_at_init():

@@ -34,7 +34,7 @@ IMPLEMENTATIONS = tuple(name for name in ATTENTION_IMPLS if name != "auto")
 
 
 def attention_fn(implementation: str) -> Callable[..., jax.Array]:
-    """(q, k, v, bias) -> out of ``implementation``: xla, cudnn, pallas or pallas/N (a block
+    """(qkv, bias) -> out of ``implementation``: xla, cudnn, pallas or pallas/N (a block
     of N pixels a program), through the U-Net block's own :func:`attend_frames`."""
     name, _, block = implementation.partition("/")
     if name not in IMPLEMENTATIONS or (block and not (name == "pallas" and block.isdigit())):
@@ -42,7 +42,7 @@ def attention_fn(implementation: str) -> Callable[..., jax.Array]:
             f"unknown implementation {implementation!r}: choose from {IMPLEMENTATIONS} or pallas/N"
         )
     options = {"block_pixels": int(block)} if block else {}
-    return lambda q, k, v, bias: attend_frames(q, k, v, bias, None, name, **options)
+    return lambda qkv, bias: attend_frames(qkv, bias, None, name, **options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +90,8 @@ def bench_levels(batch: int = 8, frames: int = 16, side: int = 64) -> list[Level
 
 
 def attention_step(implementation: str, level: Level, seed: int = 0) -> Callable[[], Any]:
-    """A jitted forward and backward call of ``implementation`` at ``level``, on bfloat16
-    q, k, v read from one [B, T, P, 3, heads, d] projection as the U-Net's block does."""
+    """A jitted forward and backward call of ``implementation`` at ``level``, on one bfloat16
+    [B, T, P, 3, heads, d] projection as the U-Net's block does."""
     attend = attention_fn(implementation)
     b, t, h, w, c = level.shape
     keys = jax.random.split(jax.random.key(seed), 3)
@@ -100,8 +100,7 @@ def attention_step(implementation: str, level: Level, seed: int = 0) -> Callable
     grad_out = jax.random.normal(keys[2], qkv.shape[:3] + qkv.shape[4:], jnp.bfloat16)
 
     def loss(qkv, bias):
-        q, k, v = (qkv[:, :, :, i] for i in range(3))
-        out = attend(q, k, v, bias).astype(jnp.float32)
+        out = attend(qkv, bias).astype(jnp.float32)
         return jnp.sum(out * grad_out.astype(jnp.float32))
 
     step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))

@@ -128,9 +128,8 @@ class TemporalAttention(nn.Module):
             heads, self.head_dim, self.dtype, parts=3, name="qkv", in_axis="embed"
         )(h.reshape(b, t, height * width, c))
         mask = None if video_frames is None else temporal_attention_mask(video_frames)
-        q, k, v = (qkv[:, :, :, i] for i in range(3))
         bias = self._relative_position_bias(heads, t)
-        out = attend_frames(q, k, v, bias, mask, self.implementation)
+        out = attend_frames(qkv, bias, mask, self.implementation)
         out = output_projection(c, self.dtype)(out).reshape(x.shape)
         if video_frames is not None:
             out = out * frame_gate(video_frames, out.dtype)
@@ -183,49 +182,52 @@ def frame_attention(
 
 
 def attend_frames(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
+    qkv: jax.Array,
     bias: jax.Array,
     mask: jax.Array | None,
     implementation: str | None,
     **kernel_options: Any,
 ) -> jax.Array:
-    """Temporal attention by ``implementation``: 'cudnn' (:func:`fused_frame_attention`),
-    'pallas' (:func:`pallas_frame_attention` per shard, ``kernel_options`` passed to it), else
-    the einsums of :func:`frame_attention`. Shapes as :func:`frame_attention`'s."""
-    if implementation == "cudnn":
-        return fused_frame_attention(q, k, v, bias, mask, implementation)
+    """Temporal attention of the projection ``qkv`` [B, T, P, 3, heads, d] (q, k, v on axis 3)
+    by ``implementation``: 'cudnn' (:func:`fused_frame_attention`), 'pallas'
+    (:func:`pallas_frame_attention` per shard, ``kernel_options`` passed to it, reading ``qkv``
+    as it is), else the einsums of :func:`frame_attention`. ``bias``, ``mask`` and the output as
+    :func:`frame_attention`'s."""
     if implementation == "pallas":
         kernels = functools.partial(pallas_frame_attention, **kernel_options)
-        return per_shard(kernels, q, k, v, bias, mask)
+        return per_shard(kernels, qkv, bias, mask)
+    q, k, v = (qkv[:, :, :, i] for i in range(3))
+    if implementation == "cudnn":
+        return fused_frame_attention(q, k, v, bias, mask, implementation)
     return frame_attention(q, k, v, bias, mask)
 
 
-def per_shard(attend, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, mask):
-    """``attend(q, k, v, bias, mask)`` on each device's shard of the batch and heads.
+def per_shard(attend, qkv: jax.Array, bias: jax.Array, mask):
+    """``attend(qkv, bias, mask)`` on each device's shard of the batch and heads.
 
     A custom kernel has no partitioning rule, so under a mesh XLA would gather its operands
     onto every device; this runs it per shard instead (shard_map over the mesh set by
-    ``jax.set_mesh``, with the logical axis rules in effect: q, k, v [B, T, P, heads, d] split
-    by 'batch' and 'heads', the bias [heads, T, T] by 'heads', the mask [B, T, T] by 'batch').
-    Without a mesh of more than one device it is a plain call.
+    ``jax.set_mesh``, with the logical axis rules in effect: ``qkv`` [B, T, P, 3, heads, d] and
+    the output [B, T, P, heads, d] split by 'batch' and 'heads', the bias [heads, T, T] by
+    'heads', the mask [B, T, T] by 'batch'). Without a mesh of more than one device it is a
+    plain call.
     """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
-        return attend(q, k, v, bias, mask)
+        return attend(qkv, bias, mask)
     batch, heads = nn.logical_to_mesh_axes(("batch", "heads"))
     video = P(batch, None, None, heads, None)
-    specs = [video, video, video, P(heads)] + ([] if mask is None else [P(batch)])
+    projection = P(batch, None, None, None, heads, None)
+    specs = [projection, P(heads)] + ([] if mask is None else [P(batch)])
 
-    def local(q, k, v, bias, *mask_shard):
-        return attend(q, k, v, bias, *(mask_shard or [None]))
+    def local(qkv, bias, *mask_shard):
+        return attend(qkv, bias, *(mask_shard or [None]))
 
     # check_vma off: a pallas_call's outputs do not say how they vary over the mesh axes.
     sharded = jax.shard_map(
         local, mesh=mesh, in_specs=tuple(specs), out_specs=video, check_vma=False
     )
-    return sharded(q, k, v, bias, *([] if mask is None else [mask]))
+    return sharded(qkv, bias, *([] if mask is None else [mask]))
 
 
 def fused_frame_attention(

@@ -10,8 +10,10 @@ The backward kernel recomputes the probabilities from the forward's log-sum-exp.
 
 On a GPU the kernels compile through Triton, which needs T, d and the pixel block to be powers
 of 2 (the pixel block always is); on the CPU they run in Pallas' interpreter (tests); other
-backends are refused. q, k and v, sliced from one projection, are copied once as the kernels'
-operands.
+backends are refused. The kernels take the block's one [B, T, P, 3, heads, d] projection as it
+is, each program reading its head's q, k and v from it, and the backward kernel writes the
+gradient of that projection whole: q, k and v are never sliced out into copies, nor their
+gradients concatenated.
 
 Two kernel bodies share the grid and the layout. Where T and d are at least 16 (Triton's
 smallest dot), each pixel's [T, T] logits and [T, d] output are tensor-core dots; for fewer
@@ -54,9 +56,7 @@ def triton_params(frames: int, pixels: int, head_dim: int) -> pl_triton.Compiler
 
 
 def pallas_frame_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
+    qkv: jax.Array,
     bias: jax.Array,
     mask: jax.Array | None,
     *,
@@ -65,19 +65,20 @@ def pallas_frame_attention(
 ) -> jax.Array:
     """:func:`imagen_video_jax.models.attention.frame_attention` by the kernels.
 
-    ``q``, ``k``, ``v`` [B, T, P, heads, d], ``bias`` [heads, T, T] (query, key), ``mask`` None or
-    [B, T, T] (True: the query frame may attend to the key frame; every query must keep at
-    least one key) -> [B, T, P, heads, d] in ``q``'s dtype; softmax in float32. ``interpret``:
-    run in Pallas' interpreter (default: on the CPU backend, compiled on a GPU).
+    ``qkv`` [B, T, P, 3, heads, d] (q, k, v stacked on axis 3), ``bias`` [heads, T, T] (query,
+    key), ``mask`` None or [B, T, T] (True: the query frame may attend to the key frame; every
+    query must keep at least one key) -> [B, T, P, heads, d] in ``qkv``'s dtype; softmax in
+    float32. ``interpret``: run in Pallas' interpreter (default: on the CPU backend, compiled
+    on a GPU).
     """
-    b, t, p, n, d = q.shape
+    b, t, p, _, n, d = qkv.shape
     if interpret is None:
         interpret = _interpret_on(jax.default_backend())
     pixels = _pixel_block(p, block_pixels)
     if not interpret:
         _check_powers_of_two(frames=t, head_dim=d)  # the pixel block is one by construction
     dots = uses_dots(frames=t, head_dim=d)
-    return _attention(q, k, v, key_major_bias(bias, mask, b), pixels, dots, interpret)
+    return _attention(qkv, key_major_bias(bias, mask, b), pixels, dots, interpret)
 
 
 def uses_dots(*, frames: int, head_dim: int) -> bool:
@@ -123,14 +124,28 @@ def _check_powers_of_two(**sizes: int) -> None:
         )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _attention(q, k, v, logit_bias, pixels: int, dots: bool, interpret: bool) -> jax.Array:
-    return _forward(q, k, v, logit_bias, pixels, dots, interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _attention(qkv, logit_bias, pixels: int, dots: bool, interpret: bool) -> jax.Array:
+    return _forward(qkv, logit_bias, pixels, dots, interpret)[0]
+
+
+# Where q, k and v lie on axis 3 of the projection.
+Q, K, V = 0, 1, 2
 
 
 def _video_spec(t: int, pixels: int, d: int) -> pl.BlockSpec:
     """[B, T, P, heads, d] -> one example's, one head's [T, pixels, d] block."""
     return pl.BlockSpec((None, t, pixels, None, d), lambda b, i, h: (b, 0, i, h, 0))
+
+
+def _part_spec(part: int, t: int, pixels: int, d: int) -> pl.BlockSpec:
+    """[B, T, P, 3, heads, d] -> q's, k's or v's [T, pixels, d] block (``part`` Q, K or V)."""
+    return pl.BlockSpec((None, t, pixels, None, None, d), lambda b, i, h: (b, 0, i, part, h, 0))
+
+
+def _parts_spec(t: int, pixels: int, d: int) -> pl.BlockSpec:
+    """[B, T, P, 3, heads, d] -> the [T, pixels, 3, d] block of q, k and v together."""
+    return pl.BlockSpec((None, t, pixels, 3, None, d), lambda b, i, h: (b, 0, i, 0, h, 0))
 
 
 def _row_spec(t: int, pixels: int) -> pl.BlockSpec:
@@ -166,8 +181,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, o_ref, lse_ref, *, scale: flo
 
 
 def _backward_kernel(
-    q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref, db_ref,
-    *, scale: float,
+    q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, grad_ref, db_ref, *, scale: float
 ):  # fmt: skip
     """One block's gradients, one key frame s at a time: the probabilities p_s recomputed from
     the log-sum-exp, d logit_s = p_s (do . v_s - delta); dk_s, dv_s and the bias gradient's row
@@ -181,13 +195,13 @@ def _backward_kernel(
         k_s, v_s = k_ref[s].astype(jnp.float32), v_ref[s].astype(jnp.float32)
         prob = jnp.exp(jnp.sum(q * k_s[None], axis=-1) + bias_ref[s][:, None] - lse)
         grad_logit = prob * (jnp.sum(grad_out * v_s[None], axis=-1) - delta)  # [T, pixels]
-        dk_ref[s] = jnp.sum(grad_logit[..., None] * q, axis=0).astype(dk_ref.dtype)
-        dv_ref[s] = jnp.sum(prob[..., None] * grad_out, axis=0).astype(dv_ref.dtype)
+        grad_ref[s, :, K, :] = jnp.sum(grad_logit[..., None] * q, axis=0).astype(grad_ref.dtype)
+        grad_ref[s, :, V, :] = jnp.sum(prob[..., None] * grad_out, axis=0).astype(grad_ref.dtype)
         db_ref[s] = jnp.sum(grad_logit, axis=1)
         return grad_q + grad_logit[..., None] * k_s[None]
 
     grad_q = jax.lax.fori_loop(0, frames, key_frame, jnp.zeros_like(q))
-    dq_ref[...] = (grad_q * scale).astype(dq_ref.dtype)
+    grad_ref[:, :, Q, :] = (grad_q * scale).astype(grad_ref.dtype)
 
 
 def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -210,8 +224,7 @@ def _forward_dots_kernel(q_ref, k_ref, v_ref, bias_ref, o_ref, lse_ref, *, scale
 
 
 def _backward_dots_kernel(
-    q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref, db_ref,
-    *, scale: float,
+    q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, grad_ref, db_ref, *, scale: float
 ):  # fmt: skip
     """:func:`_backward_kernel` with each pixel's products as dots: p from the log-sum-exp,
     dv = p^T do, d logit = p (do v^T - delta), dq = d logit k, dk = d logit^T q."""
@@ -220,63 +233,67 @@ def _backward_dots_kernel(
     for j in range(q_ref.shape[1]):
         q, k, v, grad_out = q_ref[:, j, :], k_ref[:, j, :], v_ref[:, j, :], do_ref[:, j, :]
         prob = jnp.exp(_dot(q, k.T) * scale + bias - lse_ref[:, j][:, None])
-        dv_ref[:, j, :] = _dot(prob.astype(grad_out.dtype).T, grad_out).astype(dv_ref.dtype)
+        grad_v = _dot(prob.astype(grad_out.dtype).T, grad_out)
         grad_logit = prob * (_dot(grad_out, v.T) - delta_ref[:, j][:, None])
-        dq_ref[:, j, :] = (_dot(grad_logit.astype(k.dtype), k) * scale).astype(dq_ref.dtype)
-        dk_ref[:, j, :] = (_dot(grad_logit.astype(q.dtype).T, q) * scale).astype(dk_ref.dtype)
+        grad_q = _dot(grad_logit.astype(k.dtype), k) * scale
+        grad_k = _dot(grad_logit.astype(q.dtype).T, q) * scale
+        for part, grad in ((Q, grad_q), (K, grad_k), (V, grad_v)):
+            grad_ref[:, j, part, :] = grad.astype(grad_ref.dtype)
         grad_bias = grad_bias + grad_logit
     db_ref[...] = grad_bias.T
 
 
-def _grid(q: jax.Array, pixels: int) -> tuple[int, int, int]:
-    b, _, p, n, _ = q.shape
+def _grid(qkv: jax.Array, pixels: int) -> tuple[int, int, int]:
+    b, _, p, _, n, _ = qkv.shape
     return (b, p // pixels, n)
 
 
-def _forward(q, k, v, logit_bias, pixels, dots, interpret):
-    b, t, p, n, d = q.shape
+def _qkv_specs(t: int, pixels: int, d: int) -> list[pl.BlockSpec]:
+    return [_part_spec(part, t, pixels, d) for part in (Q, K, V)]
+
+
+def _forward(qkv, logit_bias, pixels, dots, interpret):
+    b, t, p, _, n, d = qkv.shape
     video, rows = _video_spec(t, pixels, d), _row_spec(t, pixels)
     kernel = _forward_dots_kernel if dots else _forward_kernel
     out, lse = pl.pallas_call(
         functools.partial(kernel, scale=d**-0.5),
-        grid=_grid(q, pixels),
-        in_specs=[video, video, video, _bias_spec(t)],
+        grid=_grid(qkv, pixels),
+        in_specs=[*_qkv_specs(t, pixels, d), _bias_spec(t)],
         out_specs=[video, rows],
         out_shape=[
-            jax.ShapeDtypeStruct(q.shape, q.dtype),
+            jax.ShapeDtypeStruct((b, t, p, n, d), qkv.dtype),
             jax.ShapeDtypeStruct((b, t, p, n), jnp.float32),
         ],
         interpret=interpret,
         compiler_params=triton_params(t, pixels, d),
         name="temporal_attention_forward",
-    )(q, k, v, logit_bias)
-    return out, (q, k, v, logit_bias, out, lse)
+    )(qkv, qkv, qkv, logit_bias)
+    return out, (qkv, logit_bias, out, lse)
 
 
 def _backward(pixels, dots, interpret, residuals, grad_out):
-    q, k, v, logit_bias, out, lse = residuals
-    b, t, p, n, d = q.shape
+    qkv, logit_bias, out, lse = residuals
+    b, t, p, _, n, d = qkv.shape
     blocks = p // pixels
     delta = jnp.sum(grad_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
     video, rows, bias = _video_spec(t, pixels, d), _row_spec(t, pixels), _bias_spec(t)
     partial_bias = pl.BlockSpec((None, None, None, t, t), lambda b, i, h: (b, i, h, 0, 0))
     kernel = _backward_dots_kernel if dots else _backward_kernel
-    dq, dk, dv, dbias = pl.pallas_call(
+    grad_qkv, grad_bias = pl.pallas_call(
         functools.partial(kernel, scale=d**-0.5),
-        grid=_grid(q, pixels),
-        in_specs=[video, video, video, bias, video, rows, rows],
-        out_specs=[video, video, video, partial_bias],
+        grid=_grid(qkv, pixels),
+        in_specs=[*_qkv_specs(t, pixels, d), bias, video, rows, rows],
+        out_specs=[_parts_spec(t, pixels, d), partial_bias],
         out_shape=[
-            jax.ShapeDtypeStruct(q.shape, q.dtype),
-            jax.ShapeDtypeStruct(k.shape, k.dtype),
-            jax.ShapeDtypeStruct(v.shape, v.dtype),
+            jax.ShapeDtypeStruct(qkv.shape, qkv.dtype),
             jax.ShapeDtypeStruct((b, blocks, n, t, t), jnp.float32),
         ],
         interpret=interpret,
         compiler_params=triton_params(t, pixels, d),
         name="temporal_attention_backward",
-    )(q, k, v, logit_bias, grad_out, lse, delta)
-    return dq, dk, dv, jnp.sum(dbias, axis=1).astype(logit_bias.dtype)
+    )(qkv, qkv, qkv, logit_bias, grad_out, lse, delta)
+    return grad_qkv, jnp.sum(grad_bias, axis=1).astype(logit_bias.dtype)
 
 
 _attention.defvjp(_forward, _backward)
