@@ -21,6 +21,7 @@ from imagen_video_jax.config import bundled_config_file, load_config
 from imagen_video_jax.models import VideoUNet, abstract_params, example_inputs
 from imagen_video_jax.models.attention import (
     TemporalAttention,
+    attend_frames,
     frame_attention,
     fused_frame_attention,
     per_shard,
@@ -313,6 +314,38 @@ def test_kernel_attention_equals_the_einsum_form(masked, attention, shape):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [LANE_SHAPE, DOT_SHAPE], ids=["lanes", "dots"])
+def test_pallas_attention_adds_the_projection_bias_as_it_reads(shape):
+    """The projection's bias, left out of its matmul and added inside the kernels: the same
+    output and gradients (of the projection, its bias and the position bias) as the einsums
+    on the biased projection."""
+    frames, pixels, heads, head_dim = shape
+    rng = np.random.default_rng(7)
+    qkv = jnp.asarray(rng.normal(size=(2, frames, pixels, 3, heads, head_dim)), jnp.float32)
+    qkv_bias = jnp.asarray(rng.normal(size=(3, heads, head_dim)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(heads, frames, frames)), jnp.float32)
+
+    def kernels(qkv, qkv_bias, bias):
+        return attend_frames(qkv, bias, None, "pallas", qkv_bias=qkv_bias, interpret=True)
+
+    def einsums(qkv, qkv_bias, bias):
+        q, k, v = (qkv[:, :, :, i] + qkv_bias[i] for i in range(3))
+        return frame_attention(q, k, v, bias, None)
+
+    def run(attention):
+        def loss(*args):
+            out = attention(*args)
+            return jnp.sum(out * jnp.cos(out)), out
+
+        return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(qkv, qkv_bias, bias)
+
+    (_, got), got_grads = run(kernels)
+    (_, want), want_grads = run(einsums)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
 def test_pallas_attention_takes_dots_where_triton_can_tile_them():

@@ -34,14 +34,41 @@ from imagen_video_jax.models.pallas_attention import pallas_frame_attention
 
 def heads_projection(heads: int, head_dim: int, dtype, *, parts: int, name: str, in_axis: str):
     """Project channels to ``parts`` stacked tensors of ``heads`` x ``head_dim`` (q, k, v)."""
-    return nn.DenseGeneral(
-        (parts, heads, head_dim),
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=partitioned(kernel_init(), (in_axis, None, "heads", "kv")),
-        bias_init=partitioned(nn.initializers.zeros_init(), (None, "heads", "kv")),
-        name=name,
-    )
+    return HeadsProjection(parts, heads, head_dim, dtype, in_axis, name=name)
+
+
+class HeadsProjection(nn.Module):
+    """``x [..., C] -> [..., parts, heads, head_dim]``, a dense layer (kernel [C, parts, heads,
+    head_dim], LeCun-normal; bias [parts, heads, head_dim], zeros).
+
+    ``add_bias=False`` returns ``(product, bias)`` apart, for a kernel that adds the bias as it
+    reads the product: the product is a cuBLAS matmul, which XLA does not fuse a bias into, so
+    adding it here would be one more pass over the whole projection.
+    """
+
+    parts: int
+    heads: int
+    head_dim: int
+    dtype: Any
+    in_axis: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array, add_bias: bool = True):
+        shape = (self.parts, self.heads, self.head_dim)
+        init = nn.initializers.variance_scaling(
+            1.0, "fan_in", "normal", in_axis=0, out_axis=(1, 2, 3)
+        )
+        kernel = self.param(
+            "kernel",
+            partitioned(init, (self.in_axis, None, "heads", "kv")),
+            (x.shape[-1], *shape),
+        )
+        bias = self.param(
+            "bias", partitioned(nn.initializers.zeros_init(), (None, "heads", "kv")), shape
+        )
+        product = jnp.einsum("...c,cpnd->...pnd", x.astype(self.dtype), kernel.astype(self.dtype))
+        bias = bias.astype(self.dtype)
+        return product + bias if add_bias else (product, bias)
 
 
 def output_projection(features: int, dtype, name: str = "out") -> nn.DenseGeneral:
@@ -124,12 +151,12 @@ class TemporalAttention(nn.Module):
         b, t, height, width, c = x.shape
         heads = _num_heads(c, self.head_dim)
         h = FrameGroupNorm(self.groups, self.dtype, name="norm")(x)
-        qkv = heads_projection(
+        qkv, qkv_bias = heads_projection(
             heads, self.head_dim, self.dtype, parts=3, name="qkv", in_axis="embed"
-        )(h.reshape(b, t, height * width, c))
+        )(h.reshape(b, t, height * width, c), add_bias=False)
         mask = None if video_frames is None else temporal_attention_mask(video_frames)
         bias = self._relative_position_bias(heads, t)
-        out = attend_frames(qkv, bias, mask, self.implementation)
+        out = attend_frames(qkv, bias, mask, self.implementation, qkv_bias=qkv_bias)
         out = output_projection(c, self.dtype)(out).reshape(x.shape)
         if video_frames is not None:
             out = out * frame_gate(video_frames, out.dtype)
@@ -186,48 +213,56 @@ def attend_frames(
     bias: jax.Array,
     mask: jax.Array | None,
     implementation: str | None,
+    *,
+    qkv_bias: jax.Array | None = None,
     **kernel_options: Any,
 ) -> jax.Array:
     """Temporal attention of the projection ``qkv`` [B, T, P, 3, heads, d] (q, k, v on axis 3)
-    by ``implementation``: 'cudnn' (:func:`fused_frame_attention`), 'pallas'
-    (:func:`pallas_frame_attention` per shard, ``kernel_options`` passed to it, reading ``qkv``
-    as it is), else the einsums of :func:`frame_attention`. ``bias``, ``mask`` and the output as
+    plus ``qkv_bias`` [3, heads, d] (None: none) by ``implementation``: 'cudnn'
+    (:func:`fused_frame_attention`), 'pallas' (:func:`pallas_frame_attention` per shard,
+    ``kernel_options`` passed to it, reading ``qkv`` as it is and adding the bias as it reads),
+    else the einsums of :func:`frame_attention`. ``bias``, ``mask`` and the output as
     :func:`frame_attention`'s."""
     if implementation == "pallas":
         kernels = functools.partial(pallas_frame_attention, **kernel_options)
-        return per_shard(kernels, qkv, bias, mask)
+        return per_shard(kernels, qkv, bias, mask, qkv_bias)
+    if qkv_bias is not None:
+        qkv = qkv + qkv_bias
     q, k, v = (qkv[:, :, :, i] for i in range(3))
     if implementation == "cudnn":
         return fused_frame_attention(q, k, v, bias, mask, implementation)
     return frame_attention(q, k, v, bias, mask)
 
 
-def per_shard(attend, qkv: jax.Array, bias: jax.Array, mask):
-    """``attend(qkv, bias, mask)`` on each device's shard of the batch and heads.
+def per_shard(attend, qkv: jax.Array, bias: jax.Array, mask, qkv_bias=None):
+    """``attend(qkv, bias, mask, qkv_bias=qkv_bias)`` on each device's shard of the batch and
+    heads.
 
     A custom kernel has no partitioning rule, so under a mesh XLA would gather its operands
     onto every device; this runs it per shard instead (shard_map over the mesh set by
     ``jax.set_mesh``, with the logical axis rules in effect: ``qkv`` [B, T, P, 3, heads, d] and
-    the output [B, T, P, heads, d] split by 'batch' and 'heads', the bias [heads, T, T] by
-    'heads', the mask [B, T, T] by 'batch'). Without a mesh of more than one device it is a
-    plain call.
+    the output [B, T, P, heads, d] split by 'batch' and 'heads', the bias [heads, T, T] and
+    ``qkv_bias`` [3, heads, d] by 'heads', the mask [B, T, T] by 'batch'). Without a mesh of
+    more than one device it is a plain call.
     """
+    if qkv_bias is None:
+        qkv_bias = jnp.zeros(qkv.shape[3:], qkv.dtype)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
-        return attend(qkv, bias, mask)
+        return attend(qkv, bias, mask, qkv_bias=qkv_bias)
     batch, heads = nn.logical_to_mesh_axes(("batch", "heads"))
     video = P(batch, None, None, heads, None)
     projection = P(batch, None, None, None, heads, None)
-    specs = [projection, P(heads)] + ([] if mask is None else [P(batch)])
+    specs = [projection, P(heads), P(None, heads)] + ([] if mask is None else [P(batch)])
 
-    def local(qkv, bias, *mask_shard):
-        return attend(qkv, bias, *(mask_shard or [None]))
+    def local(qkv, bias, qkv_bias, *mask_shard):
+        return attend(qkv, bias, *(mask_shard or [None]), qkv_bias=qkv_bias)
 
     # check_vma off: a pallas_call's outputs do not say how they vary over the mesh axes.
     sharded = jax.shard_map(
         local, mesh=mesh, in_specs=tuple(specs), out_specs=video, check_vma=False
     )
-    return sharded(qkv, bias, *([] if mask is None else [mask]))
+    return sharded(qkv, bias, qkv_bias, *([] if mask is None else [mask]))
 
 
 def fused_frame_attention(

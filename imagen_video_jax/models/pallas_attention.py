@@ -60,6 +60,7 @@ def pallas_frame_attention(
     bias: jax.Array,
     mask: jax.Array | None,
     *,
+    qkv_bias: jax.Array | None = None,
     block_pixels: int = DEFAULT_BLOCK_PIXELS,
     interpret: bool | None = None,
 ) -> jax.Array:
@@ -68,8 +69,9 @@ def pallas_frame_attention(
     ``qkv`` [B, T, P, 3, heads, d] (q, k, v stacked on axis 3), ``bias`` [heads, T, T] (query,
     key), ``mask`` None or [B, T, T] (True: the query frame may attend to the key frame; every
     query must keep at least one key) -> [B, T, P, heads, d] in ``qkv``'s dtype; softmax in
-    float32. ``interpret``: run in Pallas' interpreter (default: on the CPU backend, compiled
-    on a GPU).
+    float32. ``qkv_bias`` [3, heads, d] (or None: zeros) is added to ``qkv`` as the kernels
+    read it: the projection's bias, left out of its matmul. ``interpret``: run in Pallas'
+    interpreter (default: on the CPU backend, compiled on a GPU).
     """
     b, t, p, _, n, d = qkv.shape
     if interpret is None:
@@ -78,7 +80,10 @@ def pallas_frame_attention(
     if not interpret:
         _check_powers_of_two(frames=t, head_dim=d)  # the pixel block is one by construction
     dots = uses_dots(frames=t, head_dim=d)
-    return _attention(qkv, key_major_bias(bias, mask, b), pixels, dots, interpret)
+    if qkv_bias is None:
+        qkv_bias = jnp.zeros(qkv.shape[3:], qkv.dtype)
+    logit_bias = key_major_bias(bias, mask, b)
+    return _attention(qkv, qkv_bias, logit_bias, pixels, dots, interpret)
 
 
 def uses_dots(*, frames: int, head_dim: int) -> bool:
@@ -124,9 +129,9 @@ def _check_powers_of_two(**sizes: int) -> None:
         )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _attention(qkv, logit_bias, pixels: int, dots: bool, interpret: bool) -> jax.Array:
-    return _forward(qkv, logit_bias, pixels, dots, interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _attention(qkv, qkv_bias, logit_bias, pixels: int, dots: bool, interpret: bool) -> jax.Array:
+    return _forward(qkv, qkv_bias, logit_bias, pixels, dots, interpret)[0]
 
 
 # Where q, k and v lie on axis 3 of the projection.
@@ -158,19 +163,19 @@ def _bias_spec(t: int) -> pl.BlockSpec:
     return pl.BlockSpec((None, None, t, t), lambda b, i, h: (b, h, 0, 0))
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, o_ref, lse_ref, *, scale: float):
+def _forward_kernel(q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, o_ref, lse_ref, *, scale: float):
     """One block: out = softmax over key frames s of (q . k_s * scale + bias_s) times v_s,
     accumulated one key frame at a time; also each query's log-sum-exp for the backward."""
     frames = q_ref.shape[0]
-    q = q_ref[...].astype(jnp.float32) * scale
+    q = _biased(q_ref[...], qkv_bias_ref[Q]) * scale
 
     def key_frame(s, carry):
         top, total, acc = carry
-        k_s = k_ref[s].astype(jnp.float32)  # [pixels, d]
+        k_s = _biased(k_ref[s], qkv_bias_ref[K])  # [pixels, d]
         logit = jnp.sum(q * k_s[None], axis=-1) + bias_ref[s][:, None]  # [T, pixels]
         new_top = jnp.maximum(top, logit)
         rescale, prob = jnp.exp(top - new_top), jnp.exp(logit - new_top)
-        acc = acc * rescale[..., None] + prob[..., None] * v_ref[s].astype(jnp.float32)[None]
+        acc = acc * rescale[..., None] + prob[..., None] * _biased(v_ref[s], qkv_bias_ref[V])[None]
         return new_top, total * rescale + prob, acc
 
     rows = q.shape[:2]
@@ -181,18 +186,19 @@ def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, o_ref, lse_ref, *, scale: flo
 
 
 def _backward_kernel(
-    q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, grad_ref, db_ref, *, scale: float
+    q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, do_ref, lse_ref, delta_ref, grad_ref, db_ref,
+    *, scale: float,
 ):  # fmt: skip
     """One block's gradients, one key frame s at a time: the probabilities p_s recomputed from
     the log-sum-exp, d logit_s = p_s (do . v_s - delta); dk_s, dv_s and the bias gradient's row
     s are sums over the query frames, dq a sum over s."""
     frames = q_ref.shape[0]
-    q = q_ref[...].astype(jnp.float32) * scale
+    q = _biased(q_ref[...], qkv_bias_ref[Q]) * scale
     grad_out = do_ref[...].astype(jnp.float32)
     lse, delta = lse_ref[...], delta_ref[...]
 
     def key_frame(s, grad_q):
-        k_s, v_s = k_ref[s].astype(jnp.float32), v_ref[s].astype(jnp.float32)
+        k_s, v_s = _biased(k_ref[s], qkv_bias_ref[K]), _biased(v_ref[s], qkv_bias_ref[V])
         prob = jnp.exp(jnp.sum(q * k_s[None], axis=-1) + bias_ref[s][:, None] - lse)
         grad_logit = prob * (jnp.sum(grad_out * v_s[None], axis=-1) - delta)  # [T, pixels]
         grad_ref[s, :, K, :] = jnp.sum(grad_logit[..., None] * q, axis=0).astype(grad_ref.dtype)
@@ -204,17 +210,30 @@ def _backward_kernel(
     grad_ref[:, :, Q, :] = (grad_q * scale).astype(grad_ref.dtype)
 
 
+def _biased(x: jax.Array, bias: jax.Array) -> jax.Array:
+    """A block of the projection with its bias added, in float32."""
+    return x.astype(jnp.float32) + bias
+
+
+def _pixel_qkv(q_ref, k_ref, v_ref, qkv_bias_ref, j: int) -> list[jax.Array]:
+    """Pixel ``j``'s q, k and v [T, d], biased, in the projection's dtype (dot operands)."""
+    refs = ((q_ref, Q), (k_ref, K), (v_ref, V))
+    return [_biased(ref[:, j, :], qkv_bias_ref[part]).astype(ref.dtype) for ref, part in refs]
+
+
 def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
     """a @ b on tensor cores, accumulated in float32."""
     return jnp.dot(a, b, preferred_element_type=jnp.float32)
 
 
-def _forward_dots_kernel(q_ref, k_ref, v_ref, bias_ref, o_ref, lse_ref, *, scale: float):
+def _forward_dots_kernel(
+    q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, o_ref, lse_ref, *, scale: float
+):
     """:func:`_forward_kernel` with each pixel's products as dots: logits = q k^T [T, S], then
     the softmax over S and out = p v."""
     bias = bias_ref[...].T  # [T (query), S (key)]
     for j in range(q_ref.shape[1]):
-        q, k, v = q_ref[:, j, :], k_ref[:, j, :], v_ref[:, j, :]
+        q, k, v = _pixel_qkv(q_ref, k_ref, v_ref, qkv_bias_ref, j)
         logit = _dot(q, k.T) * scale + bias
         top = jnp.max(logit, axis=1)
         prob = jnp.exp(logit - top[:, None])
@@ -224,14 +243,16 @@ def _forward_dots_kernel(q_ref, k_ref, v_ref, bias_ref, o_ref, lse_ref, *, scale
 
 
 def _backward_dots_kernel(
-    q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, grad_ref, db_ref, *, scale: float
+    q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, do_ref, lse_ref, delta_ref, grad_ref, db_ref,
+    *, scale: float,
 ):  # fmt: skip
     """:func:`_backward_kernel` with each pixel's products as dots: p from the log-sum-exp,
     dv = p^T do, d logit = p (do v^T - delta), dq = d logit k, dk = d logit^T q."""
     bias = bias_ref[...].T
     grad_bias = jnp.zeros(bias.shape, jnp.float32)
     for j in range(q_ref.shape[1]):
-        q, k, v, grad_out = q_ref[:, j, :], k_ref[:, j, :], v_ref[:, j, :], do_ref[:, j, :]
+        q, k, v = _pixel_qkv(q_ref, k_ref, v_ref, qkv_bias_ref, j)
+        grad_out = do_ref[:, j, :]
         prob = jnp.exp(_dot(q, k.T) * scale + bias - lse_ref[:, j][:, None])
         grad_v = _dot(prob.astype(grad_out.dtype).T, grad_out)
         grad_logit = prob * (_dot(grad_out, v.T) - delta_ref[:, j][:, None])
@@ -249,10 +270,12 @@ def _grid(qkv: jax.Array, pixels: int) -> tuple[int, int, int]:
 
 
 def _qkv_specs(t: int, pixels: int, d: int) -> list[pl.BlockSpec]:
-    return [_part_spec(part, t, pixels, d) for part in (Q, K, V)]
+    """q's, k's and v's blocks of the projection, then their biases' [3, d] of the head."""
+    qkv_bias = pl.BlockSpec((3, None, d), lambda b, i, h: (0, h, 0))
+    return [*(_part_spec(part, t, pixels, d) for part in (Q, K, V)), qkv_bias]
 
 
-def _forward(qkv, logit_bias, pixels, dots, interpret):
+def _forward(qkv, qkv_bias, logit_bias, pixels, dots, interpret):
     b, t, p, _, n, d = qkv.shape
     video, rows = _video_spec(t, pixels, d), _row_spec(t, pixels)
     kernel = _forward_dots_kernel if dots else _forward_kernel
@@ -268,12 +291,12 @@ def _forward(qkv, logit_bias, pixels, dots, interpret):
         interpret=interpret,
         compiler_params=triton_params(t, pixels, d),
         name="temporal_attention_forward",
-    )(qkv, qkv, qkv, logit_bias)
-    return out, (qkv, logit_bias, out, lse)
+    )(qkv, qkv, qkv, qkv_bias.astype(jnp.float32), logit_bias)
+    return out, (qkv, qkv_bias, logit_bias, out, lse)
 
 
 def _backward(pixels, dots, interpret, residuals, grad_out):
-    qkv, logit_bias, out, lse = residuals
+    qkv, qkv_bias, logit_bias, out, lse = residuals
     b, t, p, _, n, d = qkv.shape
     blocks = p // pixels
     delta = jnp.sum(grad_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
@@ -292,8 +315,13 @@ def _backward(pixels, dots, interpret, residuals, grad_out):
         interpret=interpret,
         compiler_params=triton_params(t, pixels, d),
         name="temporal_attention_backward",
-    )(qkv, qkv, qkv, logit_bias, grad_out, lse, delta)
-    return grad_qkv, jnp.sum(grad_bias, axis=1).astype(logit_bias.dtype)
+    )(qkv, qkv, qkv, qkv_bias.astype(jnp.float32), logit_bias, grad_out, lse, delta)
+    grad_qkv_bias = jnp.sum(grad_qkv, axis=(0, 1, 2), dtype=jnp.float32)
+    return (
+        grad_qkv,
+        grad_qkv_bias.astype(qkv_bias.dtype),
+        jnp.sum(grad_bias, axis=1).astype(logit_bias.dtype),
+    )
 
 
 _attention.defvjp(_forward, _backward)
