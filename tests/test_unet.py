@@ -10,12 +10,14 @@ hide any mixing). Equality tests compute in float32 so bfloat16 rounding cannot 
 from __future__ import annotations
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 
 from imagen_video_jax.config import bundled_config_file, load_config
 from imagen_video_jax.models import VideoUNet, abstract_params, example_inputs
@@ -27,9 +29,9 @@ from imagen_video_jax.models.attention import (
     per_shard,
     temporal_attention_mask,
 )
-from imagen_video_jax.models.layers import TemporalConv
+from imagen_video_jax.models.layers import NORM_STATISTICS, TemporalConv
 from imagen_video_jax.models.pallas_attention import pallas_frame_attention, uses_dots
-from imagen_video_jax.models.unet import save_matmul_outputs, upsample_condition
+from imagen_video_jax.models.unet import dots_remat_policy, upsample_condition
 from imagen_video_jax.parallel import make_mesh, mesh_context
 from imagen_video_jax.parallel.mesh import DEFAULT_RULES
 
@@ -546,7 +548,28 @@ def test_remat_wraps_every_block_with_its_policy():
     # spatial + cross-attention in the 3 blocks of level 1 and the middle.
     assert _remat_policies({"remat": "none"}) == []
     assert _remat_policies({"remat": "block"}) == [None] * (5 * 2 + 3 * 2)
-    assert _remat_policies({"remat": "dots"}) == [save_matmul_outputs] * (5 * 2 + 3 * 2)
+    assert _remat_policies({"remat": "dots"}) == [dots_remat_policy] * (5 * 2 + 3 * 2)
+
+
+def _saved_residual_names(remat: str, capsys) -> list[str]:
+    """The names of the residuals a tiny base U-Net's gradient keeps under ``remat``."""
+    config = stage_config("base", remat=remat)
+    model = VideoUNet.from_config(config.model)
+    params = jax.tree_util.tree_map(
+        lambda s: jnp.zeros(s.shape, s.dtype), nn.unbox(abstract_params(config.model))
+    )
+    inputs = stage_inputs(config, batch=1, frames=2)
+    capsys.readouterr()
+    print_saved_residuals(lambda p: jnp.sum(model.apply({"params": p}, **inputs)), params)
+    return re.findall(r"named '(\w+)'", capsys.readouterr().out)
+
+
+def test_dots_remat_keeps_the_norm_statistics_that_no_remat_keeps(capsys):
+    # Recomputing a norm's statistics is a full pass over the activation; under 'dots' the
+    # backward pass reads them as saved, as it does without remat.
+    kept = _saved_residual_names("none", capsys).count(NORM_STATISTICS)
+    assert kept > 0 and kept % 2 == 0  # a mean and a 1/std for each norm
+    assert _saved_residual_names("dots", capsys).count(NORM_STATISTICS) == kept
 
 
 # --- user mistakes ----------------------------------------------------------------------------

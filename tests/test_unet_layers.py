@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from imagen_video_jax.models.layers import SubpixelConv, frame_group_norm
-from imagen_video_jax.models.unet import save_matmul_outputs
+from imagen_video_jax.models.unet import dots_remat_policy
 
 EPS = 1e-5
 
@@ -183,7 +183,7 @@ def test_remat_policy_keeps_convs_and_projections_not_attention_products():
         image.transpose(0, 3, 1, 2),
         jnp.zeros((3, 2, 3, 3)),
     )["conv_general_dilated"]
-    assert save_matmul_outputs(projection.primitive, **projection.params)
-    assert save_matmul_outputs(conv.primitive, **conv.params)
-    assert not save_matmul_outputs(batched.primitive, **batched.params)
-    assert not save_matmul_outputs(jax.lax.exp_p)
+    assert dots_remat_policy(projection.primitive, **projection.params)
+    assert dots_remat_policy(conv.primitive, **conv.params)
+    assert not dots_remat_policy(batched.primitive, **batched.params)
+    assert not dots_remat_policy(jax.lax.exp_p)

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 VIDEO_AXES = ("batch", "frames", "height", "width", "channels")
 
@@ -156,6 +157,10 @@ class FrameGroupNorm(nn.Module):
 
 Film = tuple[jax.Array, jax.Array] | None
 
+# The name of the norms' per-frame statistics, for remat policies: [B, T, groups] values whose
+# recomputation is a full pass over the activation.
+NORM_STATISTICS = "norm_statistics"
+
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def frame_group_norm(
@@ -189,6 +194,7 @@ def _norm_forward(x, gamma, beta, film, groups, epsilon, silu, dtype):
     moments = jnp.stack([jnp.sum(pixels, axis=2), jnp.sum(jnp.square(pixels), axis=2)])
     mean, mean_square = _group_sum(moments, groups) / _group_size(pixels, groups)
     inv_std = jax.lax.rsqrt(jnp.maximum(mean_square - jnp.square(mean), 0.0) + epsilon)
+    mean, inv_std = (checkpoint_name(v, NORM_STATISTICS) for v in (mean, inv_std))
     y, _ = _modulated(pixels, mean, inv_std, gamma, beta, film)
     out = (nn.silu(y) if silu else y).astype(dtype).reshape(x.shape)
     return out, (x, mean, inv_std, gamma, beta, film)

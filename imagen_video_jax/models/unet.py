@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from imagen_video_jax.models.attention import CrossAttention, SpatialAttention, TemporalAttention
 from imagen_video_jax.models.embeddings import ScalarEmbedding, masked_mean
 from imagen_video_jax.models.layers import (
+    NORM_STATISTICS,
     Downsample,
     FrameGroupNorm,
     ResBlock,
@@ -32,13 +33,17 @@ from imagen_video_jax.models.layers import (
 from imagen_video_jax.models.validation import check_config, check_inputs
 
 
-def save_matmul_outputs(prim, *_, **params) -> bool:
+def dots_remat_policy(prim, *_, **params) -> bool:
     """Remat policy: keep the outputs of convolutions and of unbatched matmuls (the dense
-    projections); recompute norms, activations and the attention products (batched matmuls,
-    whose float32 logits are the largest activations and cost little to redo)."""
+    projections) and the norms' per-frame statistics; recompute norms' elementwise passes,
+    activations and the attention products (batched matmuls, whose float32 logits are the
+    largest activations and cost little to redo). The statistics are [B, T, groups] values,
+    but recomputing them is a full reduction over the activation."""
     if prim is jax.lax.dot_general_p:
         (_, _), (lhs_batch, _) = params["dimension_numbers"]
         return not lhs_batch
+    if prim.name == "name":
+        return params["name"] == NORM_STATISTICS
     return prim is jax.lax.conv_general_dilated_p
 
 
@@ -59,7 +64,7 @@ class BlockOptions:
         """``module_cls`` under the configured rematerialisation."""
         if self.remat == "none":
             return module_cls
-        policy = save_matmul_outputs if self.remat == "dots" else None
+        policy = dots_remat_policy if self.remat == "dots" else None
         return nn.remat(module_cls, policy=policy)
 
 
