@@ -6,6 +6,7 @@ equal the layer's formula."""
 
 import argparse
 import json
+import re
 
 import flax.linen as nn
 import jax
@@ -220,12 +221,13 @@ def test_stage_sampler_runs_its_model_in_the_configured_chunks(monkeypatch):
 
 def test_temporal_conv_keeps_frames_adjacent():
     """The layer convolves the video viewed as [B, T, H*W, C] by a (3, 1) kernel: one
-    convolution and no transpose in its program."""
+    convolution, and no transpose in its program but the kernel's view as [H, W, I, O]."""
     layer = TemporalConv(4, jnp.float32)
     x = jnp.zeros((1, 6, 4, 4, 8))
     params = jax.eval_shape(layer.init, jax.random.key(0), x)
     program = jax.jit(layer.apply).lower(params, x).as_text()
-    assert "transpose" not in program
+    transposed = re.findall(r"stablehlo.transpose .*: \(tensor<([^>]*)>\)", program)
+    assert transposed == ["8x3x1x8xf32"]  # the [O, 3, 1, I] kernel, not the video
     assert program.count("stablehlo.convolution") == 1
 
 
