@@ -30,7 +30,11 @@ from imagen_video_jax.models.attention import (
     temporal_attention_mask,
 )
 from imagen_video_jax.models.layers import NORM_STATISTICS, TemporalConv
-from imagen_video_jax.models.pallas_attention import pallas_frame_attention, uses_dots
+from imagen_video_jax.models.pallas_attention import (
+    ATTENTION_OUTPUTS,
+    pallas_frame_attention,
+    uses_dots,
+)
 from imagen_video_jax.models.unet import dots_remat_policy, upsample_condition
 from imagen_video_jax.parallel import make_mesh, mesh_context
 from imagen_video_jax.parallel.mesh import DEFAULT_RULES
@@ -551,9 +555,9 @@ def test_remat_wraps_every_block_with_its_policy():
     assert _remat_policies({"remat": "dots"}) == [dots_remat_policy] * (5 * 2 + 3 * 2)
 
 
-def _saved_residual_names(remat: str, capsys) -> list[str]:
+def _saved_residual_names(remat: str, capsys, attention_impl: str = "xla") -> list[str]:
     """The names of the residuals a tiny base U-Net's gradient keeps under ``remat``."""
-    config = stage_config("base", remat=remat)
+    config = stage_config("base", remat=remat, attention_impl=attention_impl)
     model = VideoUNet.from_config(config.model)
     params = jax.tree_util.tree_map(
         lambda s: jnp.zeros(s.shape, s.dtype), nn.unbox(abstract_params(config.model))
@@ -570,6 +574,13 @@ def test_dots_remat_keeps_the_norm_statistics_that_no_remat_keeps(capsys):
     kept = _saved_residual_names("none", capsys).count(NORM_STATISTICS)
     assert kept > 0 and kept % 2 == 0  # a mean and a 1/std for each norm
     assert _saved_residual_names("dots", capsys).count(NORM_STATISTICS) == kept
+
+
+def test_dots_remat_keeps_the_pallas_attention_outputs(capsys):
+    # Recomputing them would run the forward kernel again in the backward pass.
+    kept = _saved_residual_names("none", capsys, "pallas").count(ATTENTION_OUTPUTS)
+    assert kept > 0 and kept % 2 == 0  # an output and its log-sum-exps for each attention
+    assert _saved_residual_names("dots", capsys, "pallas").count(ATTENTION_OUTPUTS) == kept
 
 
 # --- user mistakes ----------------------------------------------------------------------------

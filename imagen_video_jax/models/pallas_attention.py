@@ -30,12 +30,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
 # Logit of a masked (query, key) pair: exp() of it is 0 against any real logit, and adding
 # q.k to it cannot overflow in float32.
 MASKED_LOGIT = -1e30
+# The name of the kernels' outputs and log-sum-exps, for remat policies.
+ATTENTION_OUTPUTS = "attention_outputs"
 # Pixels a program takes. On an H200 (bench temporal-attention, docs/PERFORMANCE.md) a block of
 # 2 was the fastest with the dots (12.2 ms a training step; 1: 12.8, 4: 12.6-14.5, 8: 15.1)
 # and with the lane reductions (22.1 ms; 1: 22.5, 4-16: 24-34).
@@ -292,6 +295,7 @@ def _forward(qkv, qkv_bias, logit_bias, pixels, dots, interpret):
         compiler_params=triton_params(t, pixels, d),
         name="temporal_attention_forward",
     )(qkv, qkv, qkv, qkv_bias.astype(jnp.float32), logit_bias)
+    out, lse = (checkpoint_name(v, ATTENTION_OUTPUTS) for v in (out, lse))
     return out, (qkv, qkv_bias, logit_bias, out, lse)
 
 
