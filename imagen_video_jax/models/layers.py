@@ -34,12 +34,13 @@ def partitioned(init, names: Sequence[str | None]):
     return nn.with_logical_partitioning(init, tuple(names), rules=())
 
 
-def kernel_init(zero: bool = False):
-    """LeCun-normal kernels, or zeros for layers that must start as a no-op."""
-    return (
-        nn.initializers.zeros_init()
-        if zero
-        else nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+def kernel_init(zero: bool = False, *, in_axis: int = -2, out_axis: int = -1):
+    """LeCun-normal kernels (fan-in: every axis but ``out_axis``), or zeros for layers that
+    must start as a no-op."""
+    if zero:
+        return nn.initializers.zeros_init()
+    return nn.initializers.variance_scaling(
+        1.0, "fan_in", "normal", in_axis=in_axis, out_axis=out_axis
     )
 
 
@@ -101,7 +102,7 @@ class Conv(nn.Module):
         in_axis, out_axis = self.names
         kernel = self.param(
             "kernel",
-            partitioned(ohwi_kernel_init(self.zero_init), (out_axis, None, None, in_axis)),
+            partitioned(_ohwi_init(self.zero_init), (out_axis, None, None, in_axis)),
             (self.features, *self.kernel_size, channels),
         )
         bias = self.param(
@@ -118,11 +119,9 @@ class Conv(nn.Module):
         return y.reshape(*lead, *y.shape[1:])
 
 
-def ohwi_kernel_init(zero: bool = False):
-    """:func:`kernel_init` for an [O, H, W, I] kernel: fan-in is I x H x W."""
-    if zero:
-        return nn.initializers.zeros_init()
-    return nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=-1, out_axis=0)
+def _ohwi_init(zero: bool = False):
+    """:func:`kernel_init` for an [O, H, W, I] kernel."""
+    return kernel_init(zero, in_axis=-1, out_axis=0)
 
 
 def constrain_video(x: jax.Array) -> jax.Array:
@@ -359,7 +358,7 @@ class SubpixelConv(nn.Module):
         *lead, height, width, channels = x.shape
         kernel = self.param(
             "kernel",
-            partitioned(ohwi_kernel_init(), ("mlp", None, None, "embed")),
+            partitioned(_ohwi_init(), ("mlp", None, None, "embed")),
             (self.features, 3, 3, channels),
         )
         bias = self.param(
