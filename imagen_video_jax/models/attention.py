@@ -55,9 +55,7 @@ class HeadsProjection(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, add_bias: bool = True):
         shape = (self.parts, self.heads, self.head_dim)
-        init = nn.initializers.variance_scaling(
-            1.0, "fan_in", "normal", in_axis=0, out_axis=(1, 2, 3)
-        )
+        init = kernel_init(in_axis=0, out_axis=(1, 2, 3))
         kernel = self.param(
             "kernel",
             partitioned(init, (self.in_axis, None, "heads", "kv")),

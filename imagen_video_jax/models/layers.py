@@ -34,7 +34,7 @@ def partitioned(init, names: Sequence[str | None]):
     return nn.with_logical_partitioning(init, tuple(names), rules=())
 
 
-def kernel_init(zero: bool = False, *, in_axis: int = -2, out_axis: int = -1):
+def kernel_init(zero: bool = False, *, in_axis: int = -2, out_axis: int | tuple[int, ...] = -1):
     """LeCun-normal kernels (fan-in: every axis but ``out_axis``), or zeros for layers that
     must start as a no-op."""
     if zero:
