@@ -21,7 +21,12 @@ from imagen_video_jax.train.objective import (
 )
 from imagen_video_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from imagen_video_jax.train.state import ema_decay_at, sharded_state_init, update_ema
-from imagen_video_jax.train.step import _loss_and_grads, jit_train_step, make_train_step
+from imagen_video_jax.train.step import (
+    _apply_updates_where,
+    _loss_and_grads,
+    jit_train_step,
+    make_train_step,
+)
 
 pytestmark = pytest.mark.usefixtures(compilation_cache.__name__)
 
@@ -210,3 +215,24 @@ def test_nonfinite_step_is_skipped_and_counted():
             not np.array_equal(a, b)
             for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(changed))
         )
+
+
+def test_gated_update_is_optax_update_or_nothing():
+    """Where the step is finite the params are exactly ``optax.apply_updates``'s; where it is
+    not they are unchanged, even with non-finite updates."""
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "b": jnp.float32(0.5)}
+    updates = {"w": jnp.asarray(rng.normal(size=(4, 3)) * 1e-3, jnp.float32), "b": 1e-4}
+    updates = jax.tree.map(jnp.asarray, updates)
+    applied = _apply_updates_where(jnp.bool_(True), params, updates)
+    for got, want in zip(
+        jax.tree.leaves(applied), jax.tree.leaves(optax.apply_updates(params, updates))
+    ):
+        np.testing.assert_array_equal(got, want)
+    poisoned = jax.tree.map(lambda u: jnp.full_like(u, jnp.nan), updates)
+    kept = _apply_updates_where(jnp.bool_(False), params, poisoned)
+    for got, want in zip(jax.tree.leaves(kept), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(got, want)
+    unchanged = update_ema(params, kept, jnp.float32(1.0))  # the decay of a skipped step
+    for got, want in zip(jax.tree.leaves(unchanged), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(got, want)
