@@ -110,8 +110,9 @@ def make_update_step(
 
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         # A skipped step leaves params and EMA as they were through their own arithmetic (a
-        # zero update, an EMA decay of 1), which costs nothing: a select of each whole tree
-        # is a pass over it (on an H200, 1.4 ms a step for the two; docs/PERFORMANCE.md).
+        # zero update, an EMA decay of 1), which costs nothing: a select of a whole tree is a
+        # pass over it (on an H200, dropping these two took bench-base-train's step from
+        # 105.2 to 102.6 ms; docs/PERFORMANCE.md). Adam's moments are still selected.
         params = _apply_updates_where(finite, state.params, updates)
         decay = jnp.where(finite, ema_decay_at(state.step - state.nonfinite_total, ema_decay), 1.0)
         updates_applied = state.step - state.nonfinite_total
