@@ -21,12 +21,7 @@ from imagen_video_jax.train.objective import (
 )
 from imagen_video_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from imagen_video_jax.train.state import ema_decay_at, sharded_state_init, update_ema
-from imagen_video_jax.train.step import (
-    _apply_updates_where,
-    _loss_and_grads,
-    jit_train_step,
-    make_train_step,
-)
+from imagen_video_jax.train.step import _loss_and_grads, jit_train_step, make_train_step
 
 pytestmark = pytest.mark.usefixtures(compilation_cache.__name__)
 
@@ -178,7 +173,7 @@ def test_nonfinite_step_is_skipped_and_counted():
     mesh = make_mesh(config.mesh, jax.devices()[:1])
     rules = axis_rules(config.mesh)
     model, tx = tiny_model(config), make_optimizer(config.train)
-    data = FakeVideoData(config, poison={1: np.inf})
+    data = FakeVideoData(config, poison={2: np.inf})
     init, shardings, _ = sharded_state_init(
         lambda k: model.init(k, **example_inputs(config))["params"], tx, mesh, rules
     )
@@ -194,13 +189,19 @@ def test_nonfinite_step_is_skipped_and_counted():
 
     with mesh_context(mesh, rules):
         state = init(jax.random.PRNGKey(0))
-        state, metrics = step(state, device_batch(0), None)
-        assert np.isfinite(float(metrics["loss"])) and int(metrics["nonfinite_run"]) == 0
+        for index in (0, 1):  # the first step's learning rate is 0: take two
+            state, metrics = step(state, device_batch(index), None)
+            assert np.isfinite(float(metrics["loss"])) and int(metrics["nonfinite_run"]) == 0
         before = jax.device_get(state)
-        state, metrics = step(state, device_batch(1), None)
+        # The EMA lags the params here, so an EMA update on the skipped step would move it.
+        assert any(
+            not np.array_equal(a, b)
+            for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(before.ema_params))
+        )
+        state, metrics = step(state, device_batch(2), None)
         after = jax.device_get(state)
         assert not np.isfinite(float(metrics["loss"]))
-        assert int(after.step) == 2 and int(after.nonfinite_run) == 1
+        assert int(after.step) == 3 and int(after.nonfinite_run) == 1
         assert int(after.nonfinite_total) == 1
         for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params)):
             np.testing.assert_array_equal(a, b)
@@ -208,31 +209,10 @@ def test_nonfinite_step_is_skipped_and_counted():
             np.testing.assert_array_equal(a, b)
         for a, b in zip(jax.tree.leaves(before.ema_params), jax.tree.leaves(after.ema_params)):
             np.testing.assert_array_equal(a, b)
-        state, metrics = step(state, device_batch(2), None)
+        state, metrics = step(state, device_batch(3), None)
         assert int(metrics["nonfinite_run"]) == 0 and int(metrics["nonfinite_total"]) == 1
         changed = jax.device_get(state.params)
         assert any(
             not np.array_equal(a, b)
             for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(changed))
         )
-
-
-def test_gated_update_is_optax_update_or_nothing():
-    """Where the step is finite the params are exactly ``optax.apply_updates``'s; where it is
-    not they are unchanged, even with non-finite updates."""
-    rng = np.random.default_rng(0)
-    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "b": jnp.float32(0.5)}
-    updates = {"w": jnp.asarray(rng.normal(size=(4, 3)) * 1e-3, jnp.float32), "b": 1e-4}
-    updates = jax.tree.map(jnp.asarray, updates)
-    applied = _apply_updates_where(jnp.bool_(True), params, updates)
-    for got, want in zip(
-        jax.tree.leaves(applied), jax.tree.leaves(optax.apply_updates(params, updates))
-    ):
-        np.testing.assert_array_equal(got, want)
-    poisoned = jax.tree.map(lambda u: jnp.full_like(u, jnp.nan), updates)
-    kept = _apply_updates_where(jnp.bool_(False), params, poisoned)
-    for got, want in zip(jax.tree.leaves(kept), jax.tree.leaves(params)):
-        np.testing.assert_array_equal(got, want)
-    unchanged = update_ema(params, kept, jnp.float32(1.0))  # the decay of a skipped step
-    for got, want in zip(jax.tree.leaves(unchanged), jax.tree.leaves(params)):
-        np.testing.assert_array_equal(got, want)

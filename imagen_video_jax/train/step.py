@@ -109,11 +109,13 @@ def make_update_step(
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        # A skipped step leaves params and EMA as they were through their own arithmetic (a
-        # zero update, an EMA decay of 1), which costs nothing: a select of a whole tree is a
-        # pass over it (on an H200, dropping these two took bench-base-train's step from
-        # 105.2 to 102.6 ms; docs/PERFORMANCE.md). Adam's moments are still selected.
-        params = _apply_updates_where(finite, state.params, updates)
+        # A skipped step leaves params and EMA as they were through their own arithmetic: a
+        # zero update (selected in the kernel that adds it) and an EMA decay of 1. Selecting
+        # between the old and the new trees instead costs a pass over each (on an H200,
+        # dropping those two passes took bench-base-train's step from 105.2 to 102.6 ms;
+        # docs/PERFORMANCE.md). Adam's moments are still selected.
+        updates = _keep_where(finite, updates, jax.tree_util.tree_map(jnp.zeros_like, updates))
+        params = optax.apply_updates(state.params, updates)
         decay = jnp.where(finite, ema_decay_at(state.step - state.nonfinite_total, ema_decay), 1.0)
         updates_applied = state.step - state.nonfinite_total
         state = state.replace(
@@ -133,15 +135,6 @@ def make_update_step(
         return state.replace(step=state.step + 1), metrics
 
     return step
-
-
-def _apply_updates_where(condition: jax.Array, params: Any, updates: Any) -> Any:
-    """``optax.apply_updates`` where the scalar ``condition`` holds, else ``params`` unchanged
-    (also when ``updates`` are not finite): each update is selected before it is added, in
-    the kernel that adds it."""
-    return jax.tree_util.tree_map(
-        lambda p, u: (p + jnp.where(condition, u, 0)).astype(p.dtype), params, updates
-    )
 
 
 def _keep_where(condition: jax.Array, if_true: Any, if_false: Any) -> Any:
