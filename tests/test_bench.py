@@ -60,6 +60,33 @@ def test_matmul_peak_times_a_chain_of_products_with_one_wait(monkeypatch):
     assert len(waits) == 1 and waits[0].shape == (8, 8)
 
 
+def test_pipelined_timing_dispatches_each_step_before_waiting_for_the_previous(monkeypatch):
+    """Steps end 2 s apart: the median is that interval, and every wait comes after the next
+    step was dispatched (warm-up steps waited for one at a time)."""
+    events, clock = [], [0.0]
+    dispatched = iter(range(100))
+
+    def step():
+        index = next(dispatched)
+        events.append(("dispatch", index))
+        return index
+
+    def wait(index):
+        events.append(("wait", index))
+        clock[0] = 2.0 * index
+        return index
+
+    monkeypatch.setattr(measure, "block", wait)
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock[0])
+    assert measure.median_pipelined_step_seconds(step, warmup=2, iters=5) == 2.0
+    assert events[:4] == [("dispatch", 0), ("wait", 0), ("dispatch", 1), ("wait", 1)]
+    timed = events[4:]
+    for i, event in enumerate(timed):
+        if event[0] == "wait":
+            assert ("dispatch", event[1] + 1) in timed[:i] or event[1] == 8
+    assert [e for e in timed if e[0] == "wait"] == [("wait", i) for i in range(2, 9)]
+
+
 def test_floor_of_a_matmul_is_its_hand_counted_flops_over_the_peak():
     m, k, n = 16, 32, 8
     a = jax.ShapeDtypeStruct((m, k), jnp.float32)

@@ -42,7 +42,7 @@ def measure_mesh(
 ) -> dict[str, Any]:
     """One record: the train step of ``config`` over ``devices``, timed."""
     bench = TrainBench(config, list(devices))
-    seconds = measure.median_step_seconds(bench.step, **timing)
+    seconds = measure.median_pipelined_step_seconds(bench.step, **timing)
     params, video = bench.state.params, bench.batch["video"]
     record = {
         "bench": "scale",
