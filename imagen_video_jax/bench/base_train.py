@@ -23,7 +23,7 @@ import numpy as np
 from imagen_video_jax.bench import measure, profile
 from imagen_video_jax.config import load_config
 from imagen_video_jax.models import count_params
-from imagen_video_jax.models.validation import ATTENTION_IMPLS
+from imagen_video_jax.models.validation import ATTENTION_IMPLS, REMAT_POLICIES
 from imagen_video_jax.parallel import make_global_batch, make_mesh, mesh_context
 
 CONFIG = "configs/bench_base_train.py"
@@ -185,7 +185,7 @@ def _fit_record(config: ml_collections.ConfigDict, info: dict) -> dict[str, Any]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="clips per device")
-    parser.add_argument("--remat", default="none", choices=("none", "block", "dots"))
+    parser.add_argument("--remat", default="none", choices=REMAT_POLICIES)
     parser.add_argument("--mesh", default="data", choices=("data", "fsdp"))
     parser.add_argument(
         "--attention",

@@ -35,6 +35,7 @@ from imagen_video_jax.bench.base_train import TrainBench
 from imagen_video_jax.cascade.cascade import default_config_file
 from imagen_video_jax.config import load_config
 from imagen_video_jax.models import VideoUNet, count_params
+from imagen_video_jax.models.validation import REMAT_POLICIES
 from imagen_video_jax.parallel import make_mesh, mesh_context
 from imagen_video_jax.stages import PAPER_PARAMS, STAGE_ORDER
 from imagen_video_jax.train.objective import StageObjective, stage_loss
@@ -346,7 +347,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stages", default=",".join(STAGE_ORDER), help="comma-separated stages (default: all)"
     )
-    parser.add_argument("--remat", default="block", choices=("none", "block", "dots"))
+    parser.add_argument("--remat", default="block", choices=REMAT_POLICIES)
     parser.add_argument(
         "--crop",
         default="",

@@ -18,6 +18,7 @@ import ml_collections
 
 from imagen_video_jax.bench import measure
 from imagen_video_jax.bench.base_train import TrainBench, bench_config
+from imagen_video_jax.models.validation import REMAT_POLICIES
 
 MODES = ("data", "fsdp")
 TARGET_RATIO_2 = 1.9  # 2 devices give at least 1.9x the throughput of 1
@@ -92,7 +93,7 @@ def run(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="clips per device")
-    parser.add_argument("--remat", default="none", choices=("none", "block", "dots"))
+    parser.add_argument("--remat", default="none", choices=REMAT_POLICIES)
     parser.add_argument(
         "--devices", type=int, default=None, help="devices of the N-device runs (default: all)"
     )

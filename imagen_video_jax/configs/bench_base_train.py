@@ -15,7 +15,7 @@ from imagen_video_jax.configs import imagen_video
 
 DEFAULTS = {
     "batch": "8",  # clips per device
-    "remat": "none",  # none | block | dots
+    "remat": "none",  # none | block | dots | dots_spatial
     "mesh": "data",  # data: data parallel | fsdp: parameters sharded over all devices
     "attention": "auto",  # attention kernels: auto | xla | cudnn | pallas (model.attention_impl)
 }

@@ -120,7 +120,7 @@ def unet_config(
             # auto | xla | cudnn (fused: spatial and temporal attention) | pallas (temporal
             # attention by the Pallas kernels, spatial as auto)
             "attention_impl": "auto",
-            "remat": settings["remat"],  # rematerialisation: none | block | dots
+            "remat": settings["remat"],  # rematerialisation: none | block | dots | dots_spatial
         }
     )
 
