@@ -189,28 +189,37 @@ def _forward_kernel(q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, o_ref, lse_ref,
 
 
 def _backward_kernel(
-    q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, do_ref, lse_ref, delta_ref, grad_ref, db_ref,
-    *, scale: float,
+    q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, do_ref, lse_ref, delta_ref,
+    grad_ref, db_ref, dqkv_bias_ref, *, scale: float,
 ):  # fmt: skip
     """One block's gradients, one key frame s at a time: the probabilities p_s recomputed from
     the log-sum-exp, d logit_s = p_s (do . v_s - delta); dk_s, dv_s and the bias gradient's row
-    s are sums over the query frames, dq a sum over s."""
+    s are sums over the query frames, dq a sum over s. The block's share of the projection
+    bias's gradient is the sum of dq, dk and dv over its frames and pixels."""
     frames = q_ref.shape[0]
     q = _biased(q_ref[...], qkv_bias_ref[Q]) * scale
     grad_out = do_ref[...].astype(jnp.float32)
     lse, delta = lse_ref[...], delta_ref[...]
 
-    def key_frame(s, grad_q):
+    def key_frame(s, carry):
+        grad_q, sum_k, sum_v = carry
         k_s, v_s = _biased(k_ref[s], qkv_bias_ref[K]), _biased(v_ref[s], qkv_bias_ref[V])
         prob = jnp.exp(jnp.sum(q * k_s[None], axis=-1) + bias_ref[s][:, None] - lse)
         grad_logit = prob * (jnp.sum(grad_out * v_s[None], axis=-1) - delta)  # [T, pixels]
-        grad_ref[s, :, K, :] = jnp.sum(grad_logit[..., None] * q, axis=0).astype(grad_ref.dtype)
-        grad_ref[s, :, V, :] = jnp.sum(prob[..., None] * grad_out, axis=0).astype(grad_ref.dtype)
+        grad_k = jnp.sum(grad_logit[..., None] * q, axis=0)  # [pixels, d]
+        grad_v = jnp.sum(prob[..., None] * grad_out, axis=0)
+        grad_ref[s, :, K, :] = grad_k.astype(grad_ref.dtype)
+        grad_ref[s, :, V, :] = grad_v.astype(grad_ref.dtype)
         db_ref[s] = jnp.sum(grad_logit, axis=1)
-        return grad_q + grad_logit[..., None] * k_s[None]
+        grad_q = grad_q + grad_logit[..., None] * k_s[None]
+        return grad_q, sum_k + jnp.sum(grad_k, axis=0), sum_v + jnp.sum(grad_v, axis=0)
 
-    grad_q = jax.lax.fori_loop(0, frames, key_frame, jnp.zeros_like(q))
-    grad_ref[:, :, Q, :] = (grad_q * scale).astype(grad_ref.dtype)
+    row = jnp.zeros(q.shape[-1:], jnp.float32)
+    grad_q, sum_k, sum_v = jax.lax.fori_loop(0, frames, key_frame, (jnp.zeros_like(q), row, row))
+    grad_q = grad_q * scale
+    grad_ref[:, :, Q, :] = grad_q.astype(grad_ref.dtype)
+    dqkv_bias_ref[Q] = jnp.sum(grad_q, axis=(0, 1))
+    dqkv_bias_ref[K], dqkv_bias_ref[V] = sum_k, sum_v
 
 
 def _biased(x: jax.Array, bias: jax.Array) -> jax.Array:
@@ -246,13 +255,14 @@ def _forward_dots_kernel(
 
 
 def _backward_dots_kernel(
-    q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, do_ref, lse_ref, delta_ref, grad_ref, db_ref,
-    *, scale: float,
+    q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, do_ref, lse_ref, delta_ref,
+    grad_ref, db_ref, dqkv_bias_ref, *, scale: float,
 ):  # fmt: skip
     """:func:`_backward_kernel` with each pixel's products as dots: p from the log-sum-exp,
     dv = p^T do, d logit = p (do v^T - delta), dq = d logit k, dk = d logit^T q."""
     bias = bias_ref[...].T
     grad_bias = jnp.zeros(bias.shape, jnp.float32)
+    grad_qkv_bias = {part: jnp.zeros(q_ref.shape[-1:], jnp.float32) for part in (Q, K, V)}
     for j in range(q_ref.shape[1]):
         q, k, v = _pixel_qkv(q_ref, k_ref, v_ref, qkv_bias_ref, j)
         grad_out = do_ref[:, j, :]
@@ -263,8 +273,11 @@ def _backward_dots_kernel(
         grad_k = _dot(grad_logit.astype(q.dtype).T, q) * scale
         for part, grad in ((Q, grad_q), (K, grad_k), (V, grad_v)):
             grad_ref[:, j, part, :] = grad.astype(grad_ref.dtype)
+            grad_qkv_bias[part] = grad_qkv_bias[part] + jnp.sum(grad, axis=0)
         grad_bias = grad_bias + grad_logit
     db_ref[...] = grad_bias.T
+    for part, grad in grad_qkv_bias.items():
+        dqkv_bias_ref[part] = grad
 
 
 def _grid(qkv: jax.Array, pixels: int) -> tuple[int, int, int]:
@@ -305,22 +318,27 @@ def _backward(pixels, dots, interpret, residuals, grad_out):
     blocks = p // pixels
     delta = jnp.sum(grad_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
     video, rows, bias = _video_spec(t, pixels, d), _row_spec(t, pixels), _bias_spec(t)
+    # Each program's share of the logit bias's and of the projection bias's gradients, summed
+    # over the programs below: the projection bias's gradient is a sum over every frame and
+    # pixel of the projection's, which a pass of its own would read whole again.
     partial_bias = pl.BlockSpec((None, None, None, t, t), lambda b, i, h: (b, i, h, 0, 0))
+    partial_qkv_bias = pl.BlockSpec((None, None, 3, None, d), lambda b, i, h: (b, i, 0, h, 0))
     kernel = _backward_dots_kernel if dots else _backward_kernel
-    grad_qkv, grad_bias = pl.pallas_call(
+    grad_qkv, grad_bias, grad_qkv_bias = pl.pallas_call(
         functools.partial(kernel, scale=d**-0.5),
         grid=_grid(qkv, pixels),
         in_specs=[*_qkv_specs(t, pixels, d), bias, video, rows, rows],
-        out_specs=[_parts_spec(t, pixels, d), partial_bias],
+        out_specs=[_parts_spec(t, pixels, d), partial_bias, partial_qkv_bias],
         out_shape=[
             jax.ShapeDtypeStruct(qkv.shape, qkv.dtype),
             jax.ShapeDtypeStruct((b, blocks, n, t, t), jnp.float32),
+            jax.ShapeDtypeStruct((b, blocks, 3, n, d), jnp.float32),
         ],
         interpret=interpret,
         compiler_params=triton_params(t, pixels, d),
         name="temporal_attention_backward",
     )(qkv, qkv, qkv, qkv_bias.astype(jnp.float32), logit_bias, grad_out, lse, delta)
-    grad_qkv_bias = jnp.sum(grad_qkv, axis=(0, 1, 2), dtype=jnp.float32)
+    grad_qkv_bias = jnp.sum(grad_qkv_bias, axis=(0, 1))
     return (
         grad_qkv,
         grad_qkv_bias.astype(qkv_bias.dtype),
