@@ -354,6 +354,33 @@ def test_pallas_attention_adds_the_projection_bias_as_it_reads(shape):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("implementation, spatial", [("pallas", None), ("pallas_cudnn", "cudnn")])
+def test_pallas_impls_pick_the_spatial_kernel_beside_the_temporal_kernels(
+    monkeypatch, implementation, spatial
+):
+    """Both run temporal attention by the Pallas kernels; spatial attention asks
+    ``jax.nn.dot_product_attention`` for XLA's kernel (None) or cuDNN's (which cannot run
+    here, so the call is recorded and run by XLA); cross-attention always for XLA's."""
+    calls = []
+    xla_attention = jax.nn.dot_product_attention
+
+    def recorded(*args, implementation=None, **kwargs):
+        calls.append(implementation)
+        return xla_attention(*args, **kwargs)
+
+    config = stage_config("base")
+    params = nn.unbox(abstract_params(config.model))  # the same for every attention_impl
+    inputs = stage_inputs(config, batch=1, frames=2)
+    model = VideoUNet.from_config({**config.model.to_dict(), "attention_impl": implementation})
+    monkeypatch.setattr(jax.nn, "dot_product_attention", recorded)
+    jaxpr = str(jax.make_jaxpr(lambda p: model.apply({"params": p}, **inputs))(params))
+    blocks = [block for block in params.values() if "temporal_attention" in block]
+    attending = sum("spatial_attention" in block for block in blocks)
+    assert attending > 0
+    assert calls == [spatial, None] * attending  # spatial, then cross-attention, a block
+    assert jaxpr.count("name=temporal_attention_forward") == len(blocks)
+
+
 def test_pallas_attention_takes_dots_where_triton_can_tile_them():
     assert uses_dots(frames=16, head_dim=64) and uses_dots(frames=128, head_dim=16)
     assert not uses_dots(frames=8, head_dim=64) and not uses_dots(frames=16, head_dim=8)

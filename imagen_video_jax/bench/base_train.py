@@ -192,7 +192,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         choices=ATTENTION_IMPLS,
         help="attention kernels (cudnn: fused spatial and temporal attention; pallas: temporal "
-        "attention by the Pallas kernels; both for the GPU)",
+        "attention by the Pallas kernels; pallas_cudnn: those and cuDNN's for spatial "
+        "attention; all for the GPU)",
     )
     parser.add_argument(
         "--fit",

@@ -29,8 +29,9 @@ from imagen_video_jax.models.validation import ATTENTION_IMPLS
 # d out in and d q, d k, d v out.
 ACTIVATIONS_MOVED = 11
 
-# The temporal kernels model.attention_impl names ("auto" picks among the others).
-IMPLEMENTATIONS = tuple(name for name in ATTENTION_IMPLS if name != "auto")
+# The temporal kernels model.attention_impl names ("auto" picks among the others, and
+# "pallas_cudnn" takes the Pallas kernels for temporal attention).
+IMPLEMENTATIONS = tuple(name for name in ATTENTION_IMPLS if name not in ("auto", "pallas_cudnn"))
 
 
 def attention_fn(implementation: str) -> Callable[..., jax.Array]:

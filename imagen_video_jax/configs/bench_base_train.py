@@ -17,7 +17,7 @@ DEFAULTS = {
     "batch": "8",  # clips per device
     "remat": "none",  # none | block | dots | dots_spatial
     "mesh": "data",  # data: data parallel | fsdp: parameters sharded over all devices
-    "attention": "auto",  # attention kernels: auto | xla | cudnn | pallas (model.attention_impl)
+    "attention": "auto",  # model.attention_impl: auto | xla | cudnn | pallas | pallas_cudnn
 }
 
 

@@ -118,7 +118,8 @@ def unet_config(
             "dropout": 0.0,  # dropout rate inside residual blocks (train=True)
             "dtype": "bfloat16",  # compute dtype (parameters stay float32)
             # auto | xla | cudnn (fused: spatial and temporal attention) | pallas (temporal
-            # attention by the Pallas kernels, spatial as auto)
+            # attention by the Pallas kernels, spatial as auto) | pallas_cudnn (the Pallas
+            # kernels, and cuDNN's fused kernel for spatial attention)
             "attention_impl": "auto",
             "remat": settings["remat"],  # rematerialisation: none | block | dots | dots_spatial
         }

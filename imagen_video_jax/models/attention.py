@@ -7,9 +7,8 @@ layout with the pixels folded into the heads (:func:`fused_frame_attention`; on 
 train step was 12 % slower with it at T = 16, docs/PERFORMANCE.md), or with
 ``implementation='pallas'`` by kernels that read that layout once
 (:mod:`imagen_video_jax.models.pallas_attention`; spatial attention then picks its kernel as
-'auto' does). All compute in
-the compute dtype, with a zero-initialised output projection so each block starts as the
-identity.
+'auto' does, or cuDNN's fused kernel with ``'pallas_cudnn'``). All compute in the compute
+dtype, with a zero-initialised output projection so each block starts as the identity.
 """
 
 from __future__ import annotations
@@ -82,10 +81,20 @@ def output_projection(features: int, dtype, name: str = "out") -> nn.DenseGenera
     )
 
 
-def _fused(implementation: str | None) -> str | None:
-    """``jax.nn.dot_product_attention``'s implementation for spatial attention: 'pallas' names a
-    temporal kernel only, so spatial attention picks as 'auto' (None) does."""
-    return None if implementation == "pallas" else implementation
+# model.attention_impl values naming different kernels for temporal and spatial attention:
+# (temporal, spatial). 'pallas' names a temporal kernel only, so spatial attention picks as
+# 'auto' (None) does; 'pallas_cudnn' adds cuDNN's fused kernel for spatial attention.
+_SPLIT_IMPLEMENTATIONS = {"pallas": ("pallas", None), "pallas_cudnn": ("pallas", "cudnn")}
+
+
+def _spatial_kernel(implementation: str | None) -> str | None:
+    """``jax.nn.dot_product_attention``'s implementation for spatial attention."""
+    return _SPLIT_IMPLEMENTATIONS.get(implementation, (None, implementation))[1]
+
+
+def _temporal_kernel(implementation: str | None) -> str | None:
+    """:func:`attend_frames`' implementation for temporal attention."""
+    return _SPLIT_IMPLEMENTATIONS.get(implementation, (implementation, None))[0]
 
 
 def _num_heads(channels: int, head_dim: int) -> int:
@@ -115,7 +124,9 @@ class SpatialAttention(nn.Module):
         )(h)
         qkv = nn.with_logical_constraint(qkv, ("batch", None, None, "heads", None))
         q, k, v = (qkv[:, :, i] for i in range(3))
-        out = jax.nn.dot_product_attention(q, k, v, implementation=_fused(self.implementation))
+        out = jax.nn.dot_product_attention(
+            q, k, v, implementation=_spatial_kernel(self.implementation)
+        )
         out = output_projection(c, self.dtype)(out).reshape(x.shape)
         return constrain_video(x + out)
 
@@ -141,7 +152,8 @@ class TemporalAttention(nn.Module):
     groups: int
     dtype: jnp.dtype
     max_distance: int = 32
-    # "cudnn": cuDNN's fused kernel (fused_frame_attention); "pallas": pallas_frame_attention
+    # "cudnn": cuDNN's fused kernel (fused_frame_attention); "pallas" and "pallas_cudnn":
+    # pallas_frame_attention
     implementation: str | None = None
 
     @nn.compact
@@ -154,7 +166,9 @@ class TemporalAttention(nn.Module):
         )(h.reshape(b, t, height * width, c), add_bias=False)
         mask = None if video_frames is None else temporal_attention_mask(video_frames)
         bias = self._relative_position_bias(heads, t)
-        out = attend_frames(qkv, bias, mask, self.implementation, qkv_bias=qkv_bias)
+        out = attend_frames(
+            qkv, bias, mask, _temporal_kernel(self.implementation), qkv_bias=qkv_bias
+        )
         out = output_projection(c, self.dtype)(out).reshape(x.shape)
         if video_frames is not None:
             out = out * frame_gate(video_frames, out.dtype)

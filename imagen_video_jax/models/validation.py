@@ -10,7 +10,7 @@ from typing import Any
 
 TEMPORAL_MIXING = ("attention", "conv", "none")
 REMAT_POLICIES = ("none", "block", "dots", "dots_spatial")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "pallas_cudnn")
 DTYPES = ("bfloat16", "float32", "float16")
 PER_LEVEL_FIELDS = ("num_res_blocks", "spatial_attention", "cross_attention", "temporal_mixing")
 
