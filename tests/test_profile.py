@@ -85,7 +85,12 @@ def test_a_real_cpu_profile_is_attributed_to_the_named_scope(tmp_path):
         for _ in range(steps):
             f(x).block_until_ready()
     kernels = profile.device_kernel_ms(profile.read_trace(profile.latest_trace(tmp_path)))
+    with pytest.raises(FileNotFoundError, match="no optimized_hlo.txt"):
+        profile.summarize(tmp_path, steps=steps)
     rows = profile.summarize(tmp_path, f.lower(x).compile().as_text(), steps)
+    # Kept beside the trace, the HLO attributes it again later, to the same rows.
+    profile.save_hlo(tmp_path, f.lower(x).compile().as_text())
+    assert profile.summarize(tmp_path, steps=steps) == rows
     by_op = {r["jax_op"]: r for r in rows}
     # The sine runs as its own kernel, once a step, under the scope's name without its index;
     # the step's whole traced time is attributed to some JAX op.

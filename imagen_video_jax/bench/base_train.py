@@ -80,11 +80,13 @@ class TrainBench:
         return measure.compiled_memory_bytes(self.compiled)["total_bytes"] / 2**30
 
     def profile(self, profile_dir: str, steps: int = PROFILED_STEPS) -> list[dict[str, Any]]:
-        """Trace ``steps`` steps into ``profile_dir``; returns the device time a step by JAX op."""
+        """Trace ``steps`` steps into ``profile_dir``, with the step's optimised HLO kept beside
+        the trace (``profile.HLO_FILE``); returns the device time a step by JAX op."""
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
             for _ in range(steps):
                 measure.block(self.step())
-        return profile.summarize(profile_dir, self.compiled.as_text(), steps)
+        profile.save_hlo(profile_dir, self.compiled.as_text())
+        return profile.summarize(profile_dir, steps=steps)
 
 
 def step_flops(config: ml_collections.ConfigDict) -> float:
@@ -204,8 +206,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
         default=None,
-        help=f"write a jax.profiler trace of {PROFILED_STEPS} steps here, and report their "
-        "device time by JAX op (on a GPU, with XLA_FLAGS=--xla_gpu_enable_command_buffer=)",
+        help=f"write a jax.profiler trace of {PROFILED_STEPS} steps here with the step's "
+        "optimised HLO, and report their device time by JAX op (on a GPU, with "
+        "XLA_FLAGS=--xla_gpu_enable_command_buffer=)",
     )
 
 

@@ -100,8 +100,29 @@ def time_by_jax_op(
     return sorted(rows, key=lambda row: -row["ms_per_step"])
 
 
-def summarize(profile_dir: str | Path, hlo_text: str, steps: int) -> list[dict[str, Any]]:
-    """:func:`time_by_jax_op` of the newest trace under ``profile_dir``."""
+# The profiled program's optimised HLO, saved beside its trace (:func:`save_hlo`).
+HLO_FILE = "optimized_hlo.txt"
+
+
+def save_hlo(profile_dir: str | Path, hlo_text: str) -> Path:
+    """Keep the profiled program's optimised HLO beside its trace, so that the trace can be
+    attributed again later, away from the accelerator (:func:`summarize`)."""
+    path = Path(profile_dir) / HLO_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(hlo_text)
+    return path
+
+
+def summarize(
+    profile_dir: str | Path, hlo_text: str | None = None, steps: int = 1
+) -> list[dict[str, Any]]:
+    """:func:`time_by_jax_op` of the newest trace under ``profile_dir``, joined to ``hlo_text``
+    (default: the HLO :func:`save_hlo` kept there)."""
+    if hlo_text is None:
+        hlo_path = Path(profile_dir) / HLO_FILE
+        if not hlo_path.exists():
+            raise FileNotFoundError(f"no {HLO_FILE} under {profile_dir}: pass the HLO text")
+        hlo_text = hlo_path.read_text()
     kernels = device_kernel_ms(read_trace(latest_trace(profile_dir)))
     return time_by_jax_op(kernels, hlo_op_sources(hlo_text), steps)
 
