@@ -49,6 +49,22 @@ def test_kernels_add_up_by_jax_op_with_layer_indices_dropped():
     assert unnamed["ms_per_step"] == pytest.approx(0.015)
 
 
+def test_kernels_add_up_by_part_the_first_match_taking_each():
+    trace = _trace(
+        ("fusion.1", 200.0), ("fusion.2", 100.0), ("fusion.3", 40.0), ("custom-call.7", 30.0)
+    )
+    sources = {
+        "fusion.1": "jit(step)/jvp(VideoUNet)/down_0_1/res/conv_in/conv_general_dilated",
+        "fusion.2": "jit(step)/jvp(VideoUNet)/up_1_0/res/norm_in/reduce_sum",
+        "fusion.3": "jit(step)/add",
+    }
+    parts = (("convolutions", r"conv_general"), ("blocks", r"/res/"), ("unused", r"nothing"))
+    rows = profile.time_by_part(profile.device_kernel_ms(trace), sources, 1, parts)
+    assert [r["part"] for r in rows] == ["convolutions", "blocks", "unused", profile.OTHER]
+    assert [r["ms_per_step"] for r in rows] == pytest.approx([0.2, 0.1, 0.0, 0.07])
+    assert [r["kernels_per_step"] for r in rows] == [1, 1, 0, 2]
+
+
 def test_jax_op_key_keeps_the_last_parts_without_indices():
     name = "jit(step)/transpose(jvp(VideoUNet))/down_0_1/temporal_attention/qkv/dot_general"
     assert profile.jax_op_key(name) == "temporal_attention/qkv/dot_general"

@@ -30,6 +30,18 @@ CONFIG = "configs/bench_base_train.py"
 PROFILED_STEPS = 3
 # JAX ops of a profile reported, the largest first.
 PROFILE_ROWS = 25
+# The U-Net step's parts for a profile's table by part: (name, expression on the JAX op), the
+# first that matches taking a kernel; the optimizer, the loss and unnamed ops are the rest.
+UNET_PARTS = (
+    ("residual blocks' 3x3 convolutions", r"/res/conv_(in|out)/conv_general_dilated"),
+    ("temporal attention", r"/temporal_attention/"),
+    ("spatial and cross-attention", r"/(spatial|cross)_attention/"),
+    ("residual blocks' norms", r"/res/norm_(in|out)/"),
+    ("rest of the residual blocks", r"/res/"),
+    ("upsampling", r"/up_\d+_resample/"),
+    ("downsampling", r"/down_\d+_resample/"),
+    ("rest of the U-Net", r"VideoUNet"),
+)
 
 
 def bench_config(
@@ -79,14 +91,19 @@ class TrainBench:
         """Arguments + temporaries of the compiled step per device, from XLA's memory analysis."""
         return measure.compiled_memory_bytes(self.compiled)["total_bytes"] / 2**30
 
-    def profile(self, profile_dir: str, steps: int = PROFILED_STEPS) -> list[dict[str, Any]]:
+    def profile(self, profile_dir: str, steps: int = PROFILED_STEPS) -> tuple[list, list]:
         """Trace ``steps`` steps into ``profile_dir``, with the step's optimised HLO kept beside
-        the trace (``profile.HLO_FILE``); returns the device time a step by JAX op."""
+        the trace (``profile.HLO_FILE``); returns the device time a step by JAX op and by
+        part of the U-Net (``UNET_PARTS``)."""
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
             for _ in range(steps):
                 measure.block(self.step())
         profile.save_hlo(profile_dir, self.compiled.as_text())
-        return profile.summarize(profile_dir, steps=steps)
+        kernels, sources = profile.load(profile_dir)
+        return (
+            profile.time_by_jax_op(kernels, sources, steps),
+            profile.time_by_part(kernels, sources, steps, UNET_PARTS),
+        )
 
 
 def step_flops(config: ml_collections.ConfigDict) -> float:
@@ -135,7 +152,7 @@ def run(
         seconds = measure.median_pipelined_step_seconds(bench.step, iters=iters)
         latency = measure.median_step_seconds(bench.step, iters=iters)
         flops = flops_future.result()
-    profiled = bench.profile(profile_dir) if profile_dir else []
+    profiled, parts = bench.profile(profile_dir) if profile_dir else ([], [])
     achieved = flops / seconds / 1e12
     records.append(
         measure.emit(
@@ -160,6 +177,7 @@ def run(
     )
     del bench
     records += [measure.emit({"bench": "base_train_profile", **r}) for r in profiled[:PROFILE_ROWS]]
+    records += [measure.emit({"bench": "base_train_profile_part", **r}) for r in parts]
     if hint := profile.unnamed_kernels_hint(profiled):
         print(hint, file=sys.stderr)
     for batch in fit_batches:
@@ -207,8 +225,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile",
         default=None,
         help=f"write a jax.profiler trace of {PROFILED_STEPS} steps here with the step's "
-        "optimised HLO, and report their device time by JAX op (on a GPU, with "
-        "XLA_FLAGS=--xla_gpu_enable_command_buffer=)",
+        "optimised HLO, and report their device time by JAX op and by part of the U-Net (on a "
+        "GPU, with XLA_FLAGS=--xla_gpu_enable_command_buffer=)",
     )
 
 
@@ -225,7 +243,7 @@ def main(args: argparse.Namespace) -> int:
     )
     columns = ("bench", "batch", "batch_per_device", "step_ms", "step_latency_ms", "clips_per_s")
     measure.print_table(records, columns + ("tflops", "mfu", "compiled_gib", "peak_gib", "fits"))
-    profiled = [r for r in records if r["bench"] == "base_train_profile"]
-    if profiled:
-        measure.print_table(profiled, ("jax_op", "ms_per_step", "kernels_per_step"))
+    for bench, key in (("base_train_profile", "jax_op"), ("base_train_profile_part", "part")):
+        if rows := [r for r in records if r["bench"] == bench]:
+            measure.print_table(rows, (key, "ms_per_step", "kernels_per_step"))
     return 0

@@ -14,6 +14,7 @@ import collections
 import gzip
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?op_name=\"([^\"]*
 _INDEX = re.compile(r"(?:_\d+)+$")
 COMMAND_BUFFER = "command_buffer"
 UNNAMED = "(no JAX op)"
+OTHER = "(the rest)"
 
 
 def latest_trace(profile_dir: str | Path) -> Path:
@@ -113,18 +115,45 @@ def save_hlo(profile_dir: str | Path, hlo_text: str) -> Path:
     return path
 
 
-def summarize(
-    profile_dir: str | Path, hlo_text: str | None = None, steps: int = 1
+def time_by_part(
+    kernels: dict[str, tuple[float, int]],
+    sources: dict[str, str],
+    steps: int,
+    parts: Sequence[tuple[str, str]],
 ) -> list[dict[str, Any]]:
-    """:func:`time_by_jax_op` of the newest trace under ``profile_dir``, joined to ``hlo_text``
-    (default: the HLO :func:`save_hlo` kept there)."""
+    """Milliseconds and kernels a step by part of the program, in the order of ``parts``
+    ((name, regular expression) pairs), then ``OTHER``: each kernel counts for the first part
+    whose expression its JAX op's whole path (its op_name) matches."""
+    patterns = [(name, re.compile(expression)) for name, expression in parts]
+    by_part: dict[str, list] = {name: [0.0, 0] for name, _ in parts} | {OTHER: [0.0, 0]}
+    for hlo_op, (ms, count) in kernels.items():
+        op_name = sources.get(hlo_op, "")
+        part = next((name for name, p in patterns if op_name and p.search(op_name)), OTHER)
+        by_part[part][0] += ms / steps
+        by_part[part][1] += count / steps
+    return [
+        {"part": name, "ms_per_step": ms, "kernels_per_step": count}
+        for name, (ms, count) in by_part.items()
+    ]
+
+
+def load(profile_dir: str | Path, hlo_text: str | None = None) -> tuple[dict, dict[str, str]]:
+    """(kernels, sources) of the newest trace under ``profile_dir``: its device kernels
+    (:func:`device_kernel_ms`) and the JAX op of each HLO op of ``hlo_text`` (default: the HLO
+    :func:`save_hlo` kept there)."""
     if hlo_text is None:
         hlo_path = Path(profile_dir) / HLO_FILE
         if not hlo_path.exists():
             raise FileNotFoundError(f"no {HLO_FILE} under {profile_dir}: pass the HLO text")
         hlo_text = hlo_path.read_text()
-    kernels = device_kernel_ms(read_trace(latest_trace(profile_dir)))
-    return time_by_jax_op(kernels, hlo_op_sources(hlo_text), steps)
+    return device_kernel_ms(read_trace(latest_trace(profile_dir))), hlo_op_sources(hlo_text)
+
+
+def summarize(
+    profile_dir: str | Path, hlo_text: str | None = None, steps: int = 1
+) -> list[dict[str, Any]]:
+    """:func:`time_by_jax_op` of the newest trace under ``profile_dir`` (see :func:`load`)."""
+    return time_by_jax_op(*load(profile_dir, hlo_text), steps)
 
 
 def unnamed_kernels_hint(rows: list[dict[str, Any]]) -> str | None:
