@@ -6,7 +6,9 @@ H200 a forward and backward call moves its activations at about 14 % of the memo
 (docs/PERFORMANCE.md, "Temporal attention alone"). Here each program takes one example, one
 head and a block of pixels, [T, pixels, d] of q, k and v in place, and computes the softmax
 over the T key frames in registers: nothing is transposed and each activation is read once.
-The backward kernel recomputes the probabilities from the forward's log-sum-exp.
+The backward kernel recomputes the probabilities from the forward's log-sum-exp, and reads
+the output beside its gradient for softmax's correction term (do . out), so that no pass of
+its own reads both again.
 
 On a GPU the kernels compile through Triton, which needs T, d and the pixel block to be powers
 of 2 (the pixel block always is); on the CPU they run in Pallas' interpreter (tests); other
@@ -189,17 +191,18 @@ def _forward_kernel(q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, o_ref, lse_ref,
 
 
 def _backward_kernel(
-    q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, do_ref, lse_ref, delta_ref,
+    q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, o_ref, do_ref, lse_ref,
     grad_ref, db_ref, dqkv_bias_ref, *, scale: float,
 ):  # fmt: skip
     """One block's gradients, one key frame s at a time: the probabilities p_s recomputed from
-    the log-sum-exp, d logit_s = p_s (do . v_s - delta); dk_s, dv_s and the bias gradient's row
-    s are sums over the query frames, dq a sum over s. The block's share of the projection
-    bias's gradient is the sum of dq, dk and dv over its frames and pixels."""
+    the log-sum-exp, d logit_s = p_s (do . v_s - delta) with delta = do . out; dk_s, dv_s and
+    the bias gradient's row s are sums over the query frames, dq a sum over s. The block's
+    share of the projection bias's gradient is the sum of dq, dk and dv over its frames and
+    pixels."""
     frames = q_ref.shape[0]
     q = _biased(q_ref[...], qkv_bias_ref[Q]) * scale
     grad_out = do_ref[...].astype(jnp.float32)
-    lse, delta = lse_ref[...], delta_ref[...]
+    lse, delta = lse_ref[...], jnp.sum(grad_out * o_ref[...].astype(jnp.float32), axis=-1)
 
     def key_frame(s, carry):
         grad_q, sum_k, sum_v = carry
@@ -255,7 +258,7 @@ def _forward_dots_kernel(
 
 
 def _backward_dots_kernel(
-    q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, do_ref, lse_ref, delta_ref,
+    q_ref, k_ref, v_ref, qkv_bias_ref, bias_ref, o_ref, do_ref, lse_ref,
     grad_ref, db_ref, dqkv_bias_ref, *, scale: float,
 ):  # fmt: skip
     """:func:`_backward_kernel` with each pixel's products as dots: p from the log-sum-exp,
@@ -266,9 +269,10 @@ def _backward_dots_kernel(
     for j in range(q_ref.shape[1]):
         q, k, v = _pixel_qkv(q_ref, k_ref, v_ref, qkv_bias_ref, j)
         grad_out = do_ref[:, j, :]
+        delta = jnp.sum(grad_out.astype(jnp.float32) * o_ref[:, j, :].astype(jnp.float32), axis=1)
         prob = jnp.exp(_dot(q, k.T) * scale + bias - lse_ref[:, j][:, None])
         grad_v = _dot(prob.astype(grad_out.dtype).T, grad_out)
-        grad_logit = prob * (_dot(grad_out, v.T) - delta_ref[:, j][:, None])
+        grad_logit = prob * (_dot(grad_out, v.T) - delta[:, None])
         grad_q = _dot(grad_logit.astype(k.dtype), k) * scale
         grad_k = _dot(grad_logit.astype(q.dtype).T, q) * scale
         for part, grad in ((Q, grad_q), (K, grad_k), (V, grad_v)):
@@ -316,7 +320,6 @@ def _backward(pixels, dots, interpret, residuals, grad_out):
     qkv, qkv_bias, logit_bias, out, lse = residuals
     b, t, p, _, n, d = qkv.shape
     blocks = p // pixels
-    delta = jnp.sum(grad_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
     video, rows, bias = _video_spec(t, pixels, d), _row_spec(t, pixels), _bias_spec(t)
     # Each program's share of the logit bias's and of the projection bias's gradients, summed
     # over the programs below: the projection bias's gradient is a sum over every frame and
@@ -327,7 +330,7 @@ def _backward(pixels, dots, interpret, residuals, grad_out):
     grad_qkv, grad_bias, grad_qkv_bias = pl.pallas_call(
         functools.partial(kernel, scale=d**-0.5),
         grid=_grid(qkv, pixels),
-        in_specs=[*_qkv_specs(t, pixels, d), bias, video, rows, rows],
+        in_specs=[*_qkv_specs(t, pixels, d), bias, video, video, rows],
         out_specs=[_parts_spec(t, pixels, d), partial_bias, partial_qkv_bias],
         out_shape=[
             jax.ShapeDtypeStruct(qkv.shape, qkv.dtype),
@@ -337,7 +340,7 @@ def _backward(pixels, dots, interpret, residuals, grad_out):
         interpret=interpret,
         compiler_params=triton_params(t, pixels, d),
         name="temporal_attention_backward",
-    )(qkv, qkv, qkv, qkv_bias.astype(jnp.float32), logit_bias, grad_out, lse, delta)
+    )(qkv, qkv, qkv, qkv_bias.astype(jnp.float32), logit_bias, out, grad_out, lse)
     grad_qkv_bias = jnp.sum(grad_qkv_bias, axis=(0, 1))
     return (
         grad_qkv,
