@@ -449,7 +449,7 @@ def test_temporal_attention_implementations_are_named_with_their_pixel_block(mon
     for name in ("pallas/16", "pallas", "xla"):
         temporal_attention.attention_fn(name)(None, None)
     assert calls == [("pallas", {"block_pixels": 16}), ("pallas", {}), ("xla", {})]
-    for bad in ("pallas/x", "xla/4", "triton"):
+    for bad in ("pallas/x", "xla/4", "triton", "pallas_cudnn"):  # its temporal kernel is pallas
         with pytest.raises(ValueError, match="choose from"):
             temporal_attention.attention_fn(bad)
 

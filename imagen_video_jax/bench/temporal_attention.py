@@ -22,16 +22,17 @@ import jax.numpy as jnp
 
 from imagen_video_jax.bench import measure
 from imagen_video_jax.configs.imagen_video import bench_base_train_model_config
-from imagen_video_jax.models.attention import attend_frames
+from imagen_video_jax.models.attention import attend_frames, attention_kernels
 from imagen_video_jax.models.validation import ATTENTION_IMPLS
 
 # Activations a forward and backward call moves at the least: q, k, v, out; then q, k, v,
 # d out in and d q, d k, d v out.
 ACTIVATIONS_MOVED = 11
 
-# The temporal kernels model.attention_impl names ("auto" picks among the others, and
-# "pallas_cudnn" takes the Pallas kernels for temporal attention).
-IMPLEMENTATIONS = tuple(name for name in ATTENTION_IMPLS if name not in ("auto", "pallas_cudnn"))
+# The temporal kernels model.attention_impl names ("auto" picks among the others).
+IMPLEMENTATIONS = tuple(
+    dict.fromkeys(attention_kernels(name)[0] for name in ATTENTION_IMPLS if name != "auto")
+)
 
 
 def attention_fn(implementation: str) -> Callable[..., jax.Array]:

@@ -83,18 +83,15 @@ def output_projection(features: int, dtype, name: str = "out") -> nn.DenseGenera
 
 # model.attention_impl values naming different kernels for temporal and spatial attention:
 # (temporal, spatial). 'pallas' names a temporal kernel only, so spatial attention picks as
-# 'auto' (None) does; 'pallas_cudnn' adds cuDNN's fused kernel for spatial attention.
+# 'auto' (None) does; 'pallas_cudnn' adds cuDNN's fused kernel for spatial attention. Every
+# other value names one kernel for both.
 _SPLIT_IMPLEMENTATIONS = {"pallas": ("pallas", None), "pallas_cudnn": ("pallas", "cudnn")}
 
 
-def _spatial_kernel(implementation: str | None) -> str | None:
-    """``jax.nn.dot_product_attention``'s implementation for spatial attention."""
-    return _SPLIT_IMPLEMENTATIONS.get(implementation, (None, implementation))[1]
-
-
-def _temporal_kernel(implementation: str | None) -> str | None:
-    """:func:`attend_frames`' implementation for temporal attention."""
-    return _SPLIT_IMPLEMENTATIONS.get(implementation, (implementation, None))[0]
+def attention_kernels(implementation: str | None) -> tuple[str | None, str | None]:
+    """(temporal, spatial): :func:`attend_frames`' implementation for temporal attention and
+    ``jax.nn.dot_product_attention``'s for spatial attention, from ``model.attention_impl``."""
+    return _SPLIT_IMPLEMENTATIONS.get(implementation, (implementation, implementation))
 
 
 def _num_heads(channels: int, head_dim: int) -> int:
@@ -125,7 +122,7 @@ class SpatialAttention(nn.Module):
         qkv = nn.with_logical_constraint(qkv, ("batch", None, None, "heads", None))
         q, k, v = (qkv[:, :, i] for i in range(3))
         out = jax.nn.dot_product_attention(
-            q, k, v, implementation=_spatial_kernel(self.implementation)
+            q, k, v, implementation=attention_kernels(self.implementation)[1]
         )
         out = output_projection(c, self.dtype)(out).reshape(x.shape)
         return constrain_video(x + out)
@@ -167,7 +164,7 @@ class TemporalAttention(nn.Module):
         mask = None if video_frames is None else temporal_attention_mask(video_frames)
         bias = self._relative_position_bias(heads, t)
         out = attend_frames(
-            qkv, bias, mask, _temporal_kernel(self.implementation), qkv_bias=qkv_bias
+            qkv, bias, mask, attention_kernels(self.implementation)[0], qkv_bias=qkv_bias
         )
         out = output_projection(c, self.dtype)(out).reshape(x.shape)
         if video_frames is not None:
