@@ -12,17 +12,29 @@ GPU = 1
 HOST = 2
 
 
-def _trace(*kernels):
-    """A perfetto trace: a GPU process with ``kernels`` (hlo_op, microseconds) and a host
-    event that must not count."""
+def _trace(*kernels, starts=None, streams=None):
+    """A perfetto trace: a GPU process with ``kernels`` (hlo_op, microseconds), one after
+    another unless ``starts`` (microseconds) and ``streams`` (thread ids) say otherwise, and
+    a host event that must not count."""
     meta = [
         {"ph": "M", "pid": GPU, "name": "process_name", "args": {"name": "/device:GPU:0"}},
         {"ph": "M", "pid": HOST, "name": "process_name", "args": {"name": "/host:CPU"}},
     ]
     host = [{"ph": "X", "pid": HOST, "ts": 0, "dur": 9e6, "name": "launch", "args": {}}]
+    durations = [us for _, us in kernels]
+    starts = starts or [sum(durations[:i]) for i in range(len(kernels))]
+    streams = streams or [7] * len(kernels)
     events = [
-        {"ph": "X", "pid": GPU, "ts": i, "dur": us, "name": "k", "args": {"hlo_op": op}}
-        for i, (op, us) in enumerate(kernels)
+        {
+            "ph": "X",
+            "pid": GPU,
+            "tid": tid,
+            "ts": ts,
+            "dur": us,
+            "name": "k",
+            "args": {"hlo_op": op},
+        }
+        for (op, us), ts, tid in zip(kernels, starts, streams)
     ]
     return {"traceEvents": meta + host + events}
 
@@ -47,6 +59,20 @@ def test_kernels_add_up_by_jax_op_with_layer_indices_dropped():
     assert conv["kernels_per_step"] == 1.5
     assert graphs["ms_per_step"] == pytest.approx(0.025)
     assert unnamed["ms_per_step"] == pytest.approx(0.015)
+
+
+def test_a_kernel_launched_before_its_predecessor_ends_counts_from_that_end():
+    """Programmatic dependent launch: the reduction starts 300 us into a 400 us convolution
+    and ends 10 us after it; the next stream's kernel overlaps freely."""
+    trace = _trace(
+        ("conv", 400.0), ("reduce", 110.0), ("other_stream", 50.0),
+        starts=[0.0, 300.0, 100.0], streams=[7, 7, 8],
+    )  # fmt: skip
+    assert profile.device_kernel_ms(trace) == {
+        "conv": pytest.approx((0.4, 1)),
+        "reduce": pytest.approx((0.01, 1)),
+        "other_stream": pytest.approx((0.05, 1)),
+    }
 
 
 def test_kernels_add_up_by_part_the_first_match_taking_each():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import gzip
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,13 @@ def latest_trace(profile_dir: str | Path) -> Path:
 def device_kernel_ms(trace: dict[str, Any] | list) -> dict[str, tuple[float, int]]:
     """HLO op -> (milliseconds, kernels) of the trace's device kernels, summed over the whole
     trace: the events of processes named ``/device:...`` (GPU, TPU), or where there are none
-    (the CPU backend, which runs its HLO ops on host threads) the events that name an HLO op."""
+    (the CPU backend, which runs its HLO ops on host threads) the events that name an HLO op.
+
+    A kernel counts from its start or the end of the kernel before it on the same stream,
+    whichever is later. XLA:GPU launches kernels early (programmatic dependent launch), and
+    such a kernel's span then holds its wait for its predecessor: counted whole, a small
+    reduction after a long convolution would take the convolution's time again.
+    """
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     devices = {
         e["pid"]
@@ -53,12 +60,20 @@ def device_kernel_ms(trace: dict[str, Any] | list) -> dict[str, tuple[float, int
             return event.get("pid") in devices
         return "hlo_op" in event.get("args", {})
 
-    totals: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
+    streams: dict[tuple, list] = collections.defaultdict(list)
     for e in events:
         if e.get("ph") == "X" and is_kernel(e):
+            streams[e.get("pid"), e.get("tid")].append(e)
+    totals: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
+    for stream in streams.values():
+        previous_end = -math.inf
+        for e in sorted(stream, key=lambda e: e["ts"]):
+            end = e["ts"] + e["dur"]
             op = e.get("args", {}).get("hlo_op") or e["name"]
-            totals[op][0] += e["dur"] / 1e3  # the trace's times are microseconds
+            # The trace's times are microseconds.
+            totals[op][0] += max(end - max(e["ts"], previous_end), 0.0) / 1e3
             totals[op][1] += 1
+            previous_end = max(previous_end, end)
     return {op: (ms, n) for op, (ms, n) in totals.items()}
 
 
