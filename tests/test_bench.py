@@ -17,6 +17,7 @@ import pytest
 
 from imagen_video_jax.bench import (
     BENCHMARKS,
+    base_train,
     measure,
     paper_memory,
     sample,
@@ -266,6 +267,39 @@ def test_scale_config_sets_the_mesh_and_batch():
     assert (config.mesh.data, config.mesh.fsdp, config.mesh.tensor) == (1, 4, 1)
     with pytest.raises(ValueError, match="mode must be one of"):
         scale.scale_config(_tiny_train_config(), 3, 4, "tensor")
+
+
+# ----------------------------------------------------------------------------- base-train --compare
+
+
+def test_compare_times_each_variant_and_remat_leaves_the_first_loss_alone():
+    """Variants built in turn in one process; the whole-block remat recomputes the same
+    maths, so the first step's loss is the same as without it."""
+    variants = []
+    for remat in ("none", "block"):
+        config = _tiny_train_config()
+        config.model.remat = remat
+        variants.append((remat, config))
+    records = base_train.compare(variants, warmup=1, iters=2)
+    assert [r["variant"] for r in records] == ["none", "block"]
+    none, block = records
+    assert block["first_loss"] == pytest.approx(none["first_loss"], rel=1e-5)
+    for record in records:
+        assert record["clips_per_s"] == pytest.approx(record["batch"] / record["step_ms"] * 1e3)
+        assert record["compiled_gib"] > 0
+
+
+def test_compare_variants_are_checked_as_they_are_parsed():
+    assert base_train.parse_variants("dots_spatial:pallas_cudnn, dots:xla,") == [
+        ("dots_spatial", "pallas_cudnn"),
+        ("dots", "xla"),
+    ]
+    with pytest.raises(ValueError, match="'dots:triton': expected REMAT:ATTENTION"):
+        base_train.parse_variants("dots:triton")
+    parser = argparse.ArgumentParser()
+    base_train.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--compare", "spatial"])
 
 
 # ----------------------------------------------------------------------------- bench-paper-memory

@@ -14,6 +14,7 @@ import argparse
 import concurrent.futures
 import functools
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -189,6 +190,64 @@ def run(
     return records
 
 
+def compare(
+    variants: Sequence[tuple[str, ml_collections.ConfigDict]],
+    *,
+    warmup: int = 3,
+    iters: int = 30,
+) -> list[dict[str, Any]]:
+    """Each (label, config) variant's step built and timed in turn in this process; returns
+    the records it printed.
+
+    Machines of one kind differ by 1-3 % in this step's time, more than most single changes
+    gain, so variants compare only within one run. Each record holds the step time (as
+    :func:`run` times it), the lone step's, XLA's memory estimate and the loss of the first
+    step: variants that leave the model's maths alone have the same first loss.
+    """
+    info = measure.device_description()
+    records = []
+    for label, config in variants:
+        bench = TrainBench(config)
+        first_loss = float(measure.block(bench.step())["loss"])
+        seconds = measure.median_pipelined_step_seconds(bench.step, warmup=warmup, iters=iters)
+        latency = measure.median_step_seconds(bench.step, warmup=0, iters=iters)
+        record = {
+            "bench": "base_train_compare",
+            "variant": label,
+            "batch": config.data.batch_size,
+            "step_ms": seconds * 1e3,
+            "step_latency_ms": latency * 1e3,
+            "clips_per_s": config.data.batch_size / seconds,
+            "compiled_gib": bench.memory_gib(),
+            "first_loss": first_loss,
+            **info,
+        }
+        records.append(measure.emit(record))
+        del bench
+    return records
+
+
+def parse_variants(text: str) -> list[tuple[str, str]]:
+    """``"dots_spatial:pallas_cudnn,dots:pallas"`` -> [(remat, attention), ...], checked."""
+    variants = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        remat, _, attention = item.partition(":")
+        if remat not in REMAT_POLICIES or attention not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"variant {item!r}: expected REMAT:ATTENTION, REMAT one of {REMAT_POLICIES} "
+                f"and ATTENTION one of {ATTENTION_IMPLS}"
+            )
+        variants.append((remat, attention))
+    return variants
+
+
+def _variants_argument(text: str) -> list[tuple[str, str]]:
+    try:
+        return parse_variants(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _fit_record(config: ml_collections.ConfigDict, info: dict) -> dict[str, Any]:
     """Whether one step of ``config`` (a batch per device) runs, and how long it takes."""
     batch = config.data.batch_size // jax.device_count()
@@ -222,6 +281,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--iters", type=int, default=20, help="timed steps after warm-up")
     parser.add_argument(
+        "--compare",
+        default=None,
+        type=_variants_argument,
+        metavar="REMAT:ATTENTION,...",
+        help="instead of the benchmark, time the step of each variant in turn in this process "
+        "(e.g. dots_spatial:pallas_cudnn,dots:pallas_cudnn), for A/B on one machine",
+    )
+    parser.add_argument(
         "--profile",
         default=None,
         help=f"write a jax.profiler trace of {PROFILED_STEPS} steps here with the step's "
@@ -231,6 +298,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.compare:
+        fsdp = args.mesh == "fsdp"
+        variants = [
+            (
+                f"{remat}:{attention}",
+                bench_config(args.batch, remat=remat, fsdp=fsdp, attention=attention),
+            )
+            for remat, attention in args.compare
+        ]
+        records = compare(variants, iters=args.iters)
+        measure.print_table(
+            records,
+            ("variant", "step_ms", "step_latency_ms", "clips_per_s", "compiled_gib", "first_loss"),
+        )
+        return 0
     fit = tuple(int(b) for b in args.fit.split(",") if b)
     records = run(
         args.batch,
