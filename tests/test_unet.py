@@ -582,6 +582,8 @@ def test_remat_wraps_every_block_with_its_policy():
     assert _remat_policies({"remat": "dots"}) == [dots_remat_policy] * (5 * 2 + 3 * 2)
     # 'dots_spatial': the same, but the 3 spatial attentions outside any remat region
     assert _remat_policies({"remat": "dots_spatial"}) == [dots_remat_policy] * (5 * 2 + 3)
+    # 'dots_attention': the 3 cross-attentions outside too
+    assert _remat_policies({"remat": "dots_attention"}) == [dots_remat_policy] * (5 * 2)
 
 
 def _loss_and_gradient(remat: str):
@@ -602,7 +604,7 @@ def without_remat():
     return _loss_and_gradient("none")
 
 
-@pytest.mark.parametrize("remat", ["block", "dots", "dots_spatial"])
+@pytest.mark.parametrize("remat", ["block", "dots", "dots_spatial", "dots_attention"])
 def test_remat_leaves_the_loss_and_gradient_unchanged(remat, without_remat):
     """Rematerialisation recomputes; it must not change what is computed."""
     (loss_plain, grads_plain), (loss, grads) = without_remat, _loss_and_gradient(remat)

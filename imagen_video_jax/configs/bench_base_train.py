@@ -15,7 +15,7 @@ from imagen_video_jax.configs import imagen_video
 
 DEFAULTS = {
     "batch": "8",  # clips per device
-    "remat": "none",  # none | block | dots | dots_spatial
+    "remat": "none",  # none | block | dots | dots_spatial | dots_attention
     "mesh": "data",  # data: data parallel | fsdp: parameters sharded over all devices
     "attention": "auto",  # model.attention_impl: auto | xla | cudnn | pallas | pallas_cudnn
 }

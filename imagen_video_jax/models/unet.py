@@ -69,20 +69,30 @@ class BlockOptions:
     def wrap(self, module_cls):
         """``module_cls`` under the configured rematerialisation: none, the whole block
         recomputed ('block'), :func:`dots_remat_policy` ('dots'), or that policy with spatial
-        attention left out of it ('dots_spatial').
+        attention left out of it ('dots_spatial'), or spatial and cross-attention
+        ('dots_attention').
 
         'dots_spatial' keeps spatial attention's products (per-frame H*W x H*W float32
         logits) rather than recomputing them: for low-resolution levels only. In
         bench-base-train's U-Net (spatial attention at 16 x 16 and 8 x 8) the logits are 8 and
         2 times the block's activation, and keeping them took an H200's step from 95.2 to
         93.0 ms for 2.1 GiB more at batch 8 (docs/PERFORMANCE.md); at 64 x 64 with 128
-        channels they would be 128 times the activation.
+        channels they would be 128 times the activation. 'dots_attention' also keeps
+        cross-attention's (queries x text tokens): under 'dots' that alone took the step from
+        95.5 to 94.6 ms for 1.0 GiB more (not yet measured together with 'dots_spatial').
         """
-        kept_whole = self.remat == "dots_spatial" and module_cls is SpatialAttention
-        if self.remat == "none" or kept_whole:
+        kept_whole = KEPT_WHOLE.get(self.remat, ())
+        if self.remat == "none" or module_cls in kept_whole:
             return module_cls
         policy = None if self.remat == "block" else dots_remat_policy
         return nn.remat(module_cls, policy=policy)
+
+
+# The remat policies that leave some blocks out of rematerialisation: those blocks.
+KEPT_WHOLE = {
+    "dots_spatial": (SpatialAttention,),
+    "dots_attention": (SpatialAttention, CrossAttention),
+}
 
 
 class SpaceTimeBlock(nn.Module):

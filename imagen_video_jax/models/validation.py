@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 TEMPORAL_MIXING = ("attention", "conv", "none")
-REMAT_POLICIES = ("none", "block", "dots", "dots_spatial")
+REMAT_POLICIES = ("none", "block", "dots", "dots_spatial", "dots_attention")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "pallas_cudnn")
 DTYPES = ("bfloat16", "float32", "float16")
 PER_LEVEL_FIELDS = ("num_res_blocks", "spatial_attention", "cross_attention", "temporal_mixing")
