@@ -121,9 +121,8 @@ def unet_config(
             # attention by the Pallas kernels, spatial as auto) | pallas_cudnn (the Pallas
             # kernels, and cuDNN's fused kernel for spatial attention)
             "attention_impl": "auto",
-            "remat": settings[
-                "remat"
-            ],  # rematerialisation: none | block | dots | dots_spatial | dots_attention
+            # rematerialisation: none | block | dots | dots_spatial | dots_attention
+            "remat": settings["remat"],
         }
     )
 
