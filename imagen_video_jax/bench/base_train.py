@@ -150,8 +150,7 @@ def run(
         # The CPU compile that counts FLOPs overlaps the accelerator timing.
         flops_future = pool.submit(step_flops, config)
         bench = TrainBench(config)
-        seconds = measure.median_pipelined_step_seconds(bench.step, iters=iters)
-        latency = measure.median_step_seconds(bench.step, iters=iters)
+        seconds, timing = _time_steps(bench, warmup=3, iters=iters)
         flops = flops_future.result()
     profiled, parts = bench.profile(profile_dir) if profile_dir else ([], [])
     achieved = flops / seconds / 1e12
@@ -159,11 +158,8 @@ def run(
         measure.emit(
             {
                 "bench": "base_train",
-                "batch": config.data.batch_size,
                 "params": params,
-                "step_ms": seconds * 1e3,
-                "step_latency_ms": latency * 1e3,
-                "clips_per_s": config.data.batch_size / seconds,
+                **timing,
                 "step_tflop": flops / 1e12,
                 "tflops": achieved,
                 "mfu": achieved / (peak * jax.device_count()),
@@ -209,15 +205,11 @@ def compare(
     for label, config in variants:
         bench = TrainBench(config)
         first_loss = float(measure.block(bench.step())["loss"])
-        seconds = measure.median_pipelined_step_seconds(bench.step, warmup=warmup, iters=iters)
-        latency = measure.median_step_seconds(bench.step, warmup=0, iters=iters)
+        _, timing = _time_steps(bench, warmup=warmup, iters=iters)
         record = {
             "bench": "base_train_compare",
             "variant": label,
-            "batch": config.data.batch_size,
-            "step_ms": seconds * 1e3,
-            "step_latency_ms": latency * 1e3,
-            "clips_per_s": config.data.batch_size / seconds,
+            **timing,
             "compiled_gib": bench.memory_gib(),
             "first_loss": first_loss,
             **info,
@@ -225,6 +217,20 @@ def compare(
         records.append(measure.emit(record))
         del bench
     return records
+
+
+def _time_steps(bench: TrainBench, *, warmup: int, iters: int) -> tuple[float, dict[str, Any]]:
+    """(seconds a step, its record fields): the step as the train loop runs it (each
+    dispatched before the previous one is waited for), clips/s, and a lone step's latency."""
+    batch = bench.config.data.batch_size
+    seconds = measure.median_pipelined_step_seconds(bench.step, warmup=warmup, iters=iters)
+    latency = measure.median_step_seconds(bench.step, warmup=0, iters=iters)
+    return seconds, {
+        "batch": batch,
+        "step_ms": seconds * 1e3,
+        "step_latency_ms": latency * 1e3,
+        "clips_per_s": batch / seconds,
+    }
 
 
 def parse_variants(text: str) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ import gzip
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,21 +100,34 @@ def time_by_jax_op(
 ) -> list[dict[str, Any]]:
     """Milliseconds and kernels a step by JAX op (:func:`jax_op_key`), largest first. Kernels
     of HLO ops without an op_name count as ``(no JAX op)``; CUDA graphs as ``command_buffer``."""
-    by_op: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
-    for hlo_op, (ms, count) in kernels.items():
+
+    def key_of(hlo_op: str) -> str:
         if hlo_op.startswith(COMMAND_BUFFER):
-            key = COMMAND_BUFFER
-        elif hlo_op in sources:
-            key = jax_op_key(sources[hlo_op], depth)
-        else:
-            key = UNNAMED
-        by_op[key][0] += ms / steps
-        by_op[key][1] += count / steps
-    rows = [
-        {"jax_op": key, "ms_per_step": ms, "kernels_per_step": count}
-        for key, (ms, count) in by_op.items()
-    ]
+            return COMMAND_BUFFER
+        return jax_op_key(sources[hlo_op], depth) if hlo_op in sources else UNNAMED
+
+    rows = _per_step_rows("jax_op", _tally(kernels, key_of), steps)
     return sorted(rows, key=lambda row: -row["ms_per_step"])
+
+
+def _tally(
+    kernels: dict[str, tuple[float, int]], key_of: Callable[[str], str], keys: Sequence[str] = ()
+) -> dict[str, list]:
+    """key -> [milliseconds, kernels] of the HLO ops ``key_of`` maps to it (``keys`` first, at
+    zero where nothing maps to them)."""
+    totals: dict[str, list] = {key: [0.0, 0] for key in keys}
+    for hlo_op, (ms, count) in kernels.items():
+        total = totals.setdefault(key_of(hlo_op), [0.0, 0])
+        total[0] += ms
+        total[1] += count
+    return totals
+
+
+def _per_step_rows(name: str, totals: dict[str, list], steps: int) -> list[dict[str, Any]]:
+    return [
+        {name: key, "ms_per_step": ms / steps, "kernels_per_step": count / steps}
+        for key, (ms, count) in totals.items()
+    ]
 
 
 # The profiled program's optimised HLO, saved beside its trace (:func:`save_hlo`).
@@ -140,16 +153,13 @@ def time_by_part(
     ((name, regular expression) pairs), then ``OTHER``: each kernel counts for the first part
     whose expression its JAX op's whole path (its op_name) matches."""
     patterns = [(name, re.compile(expression)) for name, expression in parts]
-    by_part: dict[str, list] = {name: [0.0, 0] for name, _ in parts} | {OTHER: [0.0, 0]}
-    for hlo_op, (ms, count) in kernels.items():
+
+    def part_of(hlo_op: str) -> str:
         op_name = sources.get(hlo_op, "")
-        part = next((name for name, p in patterns if op_name and p.search(op_name)), OTHER)
-        by_part[part][0] += ms / steps
-        by_part[part][1] += count / steps
-    return [
-        {"part": name, "ms_per_step": ms, "kernels_per_step": count}
-        for name, (ms, count) in by_part.items()
-    ]
+        return next((name for name, p in patterns if op_name and p.search(op_name)), OTHER)
+
+    names = [name for name, _ in parts] + [OTHER]
+    return _per_step_rows("part", _tally(kernels, part_of, names), steps)
 
 
 def load(profile_dir: str | Path, hlo_text: str | None = None) -> tuple[dict, dict[str, str]]:

@@ -81,8 +81,7 @@ class BlockOptions:
         cross-attention's (queries x text tokens): under 'dots' that alone took the step from
         95.5 to 94.6 ms for 1.0 GiB more (not yet measured together with 'dots_spatial').
         """
-        kept_whole = KEPT_WHOLE.get(self.remat, ())
-        if self.remat == "none" or module_cls in kept_whole:
+        if self.remat == "none" or module_cls in KEPT_WHOLE.get(self.remat, ()):
             return module_cls
         policy = None if self.remat == "block" else dots_remat_policy
         return nn.remat(module_cls, policy=policy)
