@@ -19,7 +19,13 @@ from imagen_video_jax.train.objective import (
     stage_loss,
     video_to_float,
 )
-from imagen_video_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from imagen_video_jax.train.optimizer import (
+    SMALL_LEAF_SIZE,
+    clip_by_global_norm,
+    global_norm,
+    learning_rate_schedule,
+    make_optimizer,
+)
 from imagen_video_jax.train.state import ema_decay_at, sharded_state_init, update_ema
 from imagen_video_jax.train.step import _loss_and_grads, jit_train_step, make_train_step
 
@@ -113,6 +119,28 @@ def test_optimizer_clips_the_global_norm_and_decays_only_kernels():
     updates, _ = tx.update(zeros, tx.init(params), params)
     np.testing.assert_allclose(updates["kernel"], -train.learning_rate * 0.5, rtol=1e-5)
     np.testing.assert_allclose(updates["bias"], 0.0)
+
+
+def test_global_norm_and_clipping_match_float64_over_small_and_large_leaves():
+    rng = np.random.default_rng(0)
+    shapes = {"large": (SMALL_LEAF_SIZE + 1,), "small": (3, 5), "edge": (SMALL_LEAF_SIZE,)}
+    tree = {name: rng.normal(size=shape) for name, shape in shapes.items()}
+    tree["half"] = rng.normal(size=(7,)).astype(jnp.bfloat16)
+    expected = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in tree.values()))
+    as_jax = jax.tree.map(jnp.asarray, tree)
+    assert float(global_norm(as_jax)) == pytest.approx(expected, rel=1e-5)
+    assert float(global_norm({})) == 0.0
+
+    clip = clip_by_global_norm(expected / 4)
+    clipped, _ = clip.update(as_jax, clip.init(as_jax))
+    for name, x in as_jax.items():
+        rtol = 1e-2 if x.dtype == jnp.bfloat16 else 1e-5  # bfloat16 keeps 8 significant bits
+        np.testing.assert_allclose(
+            np.asarray(clipped[name], np.float64), np.asarray(x, np.float64) / 4, rtol=rtol
+        )
+    assert clipped["half"].dtype == jnp.bfloat16
+    unclipped, _ = clip_by_global_norm(expected * 2).update(as_jax, ())
+    np.testing.assert_array_equal(unclipped["large"], as_jax["large"])
 
 
 def test_lr_multipliers_scale_the_updates_of_the_modules_named():

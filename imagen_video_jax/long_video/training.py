@@ -21,7 +21,7 @@ from imagen_video_jax.long_video.mtd import mtd_loss
 from imagen_video_jax.models.tklvae import TKLVAE, vae_loss
 from imagen_video_jax.models.unet import VideoUNet
 from imagen_video_jax.train.objective import diffusion_schedule
-from imagen_video_jax.train.optimizer import make_optimizer
+from imagen_video_jax.train.optimizer import global_norm, make_optimizer
 from imagen_video_jax.train.state import TrainState, create_train_state, ema_decay_at, update_ema
 
 Log = Callable[[dict[str, float]], None]
@@ -65,7 +65,7 @@ def make_step(
         state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema
         )
-        return state, {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+        return state, {"loss": loss, "grad_norm": global_norm(grads), **metrics}
 
     return jax.jit(step, donate_argnums=(0,))
 

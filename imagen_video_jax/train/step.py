@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imagen_video_jax.parallel import Rules, batch_sharding
 from imagen_video_jax.train.objective import ApplyFn, StageObjective, stage_loss
-from imagen_video_jax.train.optimizer import learning_rate_schedule
+from imagen_video_jax.train.optimizer import global_norm, learning_rate_schedule
 from imagen_video_jax.train.state import TrainState, ema_decay_at, update_ema
 
 Batch = Mapping[str, jax.Array]
@@ -105,7 +105,7 @@ def make_update_step(
             batch = embed_text(batch, text_encoder, encoder_params)
             key = jax.random.fold_in(state.rng, state.step)
             loss, grads = _loss_and_grads(loss_with_extra, state.params, batch, key, accum_steps)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
