@@ -24,6 +24,7 @@ from imagen_video_jax.models import VideoUNet, abstract_params, example_inputs
 from imagen_video_jax.models.attention import (
     TemporalAttention,
     attend_frames,
+    attend_text,
     frame_attention,
     fused_frame_attention,
     per_shard,
@@ -358,9 +359,9 @@ def test_pallas_attention_adds_the_projection_bias_as_it_reads(shape):
 def test_pallas_impls_pick_the_spatial_kernel_beside_the_temporal_kernels(
     monkeypatch, implementation, spatial
 ):
-    """Both run temporal attention by the Pallas kernels; spatial attention asks
+    """Both run temporal attention by the Pallas kernels; spatial and cross-attention ask
     ``jax.nn.dot_product_attention`` for XLA's kernel (None) or cuDNN's (which cannot run
-    here, so the call is recorded and run by XLA); cross-attention always for XLA's."""
+    here, so the call is recorded and run by XLA)."""
     calls = []
     xla_attention = jax.nn.dot_product_attention
 
@@ -377,8 +378,49 @@ def test_pallas_impls_pick_the_spatial_kernel_beside_the_temporal_kernels(
     blocks = [block for block in params.values() if "temporal_attention" in block]
     attending = sum("spatial_attention" in block for block in blocks)
     assert attending > 0
-    assert calls == [spatial, None] * attending  # spatial, then cross-attention, a block
+    assert calls == [spatial, spatial] * attending  # spatial, then cross-attention, a block
     assert jaxpr.count("name=temporal_attention_forward") == len(blocks)
+
+
+def _bias_masked_attention(q, k, v, *, mask, implementation):
+    """cuDNN's treatment of a mask, emulated: an additive bias on every logit (here -inf, so
+    that a query whose keys are all masked gives NaN, as cuDNN's backward pass does)."""
+    assert implementation == "cudnn" and mask.shape == (q.shape[0], 1, q.shape[1], k.shape[1])
+    logits = jnp.einsum("blnd,bsnd->bnls", q, k) / np.sqrt(q.shape[-1])
+    logits = logits + jnp.where(mask, 0.0, -jnp.inf)
+    return jnp.einsum("bnls,bsnd->blnd", jax.nn.softmax(logits, axis=-1), v)
+
+
+@pytest.mark.parametrize("implementation", ["xla", "cudnn"])
+def test_a_caption_masked_whole_gets_the_mean_of_its_values_and_no_logit_gradient(
+    monkeypatch, implementation
+):
+    """Whatever the kernel does with a masked row (here cuDNN's additive bias, emulated),
+    the null caption's queries get the mean of its values and no gradient reaches its q and
+    k; a partly masked caption attends to its valid tokens only."""
+    monkeypatch.setattr(jax.nn, "dot_product_attention", _bias_masked_attention)
+    if implementation == "xla":
+        monkeypatch.undo()
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 5, 2, 4)) for i in range(3))
+    k, v = k[:, :3], v[:, :3]
+    text_mask = jnp.array([[True, True, False], [False, False, False]])
+
+    def loss(q, k, v):
+        out = attend_text(q, k, v, text_mask, implementation)
+        return jnp.sum(out * jnp.arange(out.size).reshape(out.shape)), out
+
+    (_, out), (grad_q, grad_k, grad_v) = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(q, k, v)
+    np.testing.assert_allclose(out[1], np.broadcast_to(np.mean(v[1], 0), (5, 2, 4)), atol=1e-6)
+    np.testing.assert_array_equal(grad_q[1], 0.0)
+    np.testing.assert_array_equal(grad_k[1], 0.0)
+    weights = np.arange(out.size, dtype=np.float64).reshape(out.shape)[1].sum(0)  # d loss / d out
+    np.testing.assert_allclose(grad_v[1], np.broadcast_to(weights / 3, (3, 2, 4)), rtol=1e-6)
+    q0, k0, v0 = (np.asarray(x[0], np.float64) for x in (q, k[:, :2], v[:, :2]))
+    logits = np.einsum("lnd,snd->nls", q0, k0) / 2.0
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    want = np.einsum("nls,snd->lnd", probs / probs.sum(-1, keepdims=True), v0)
+    np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(grad_k[0, 2], 0.0)
 
 
 def test_pallas_attention_takes_dots_where_triton_can_tile_them():

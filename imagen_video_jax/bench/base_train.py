@@ -276,9 +276,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--attention",
         default="auto",
         choices=ATTENTION_IMPLS,
-        help="attention kernels (cudnn: fused spatial and temporal attention; pallas: temporal "
-        "attention by the Pallas kernels; pallas_cudnn: those and cuDNN's for spatial "
-        "attention; all for the GPU)",
+        help="attention kernels (cudnn: cuDNN's fused kernel for all attention; pallas: "
+        "temporal attention by the Pallas kernels; pallas_cudnn: those and cuDNN's for spatial "
+        "and cross-attention; all for the GPU)",
     )
     parser.add_argument(
         "--fit",

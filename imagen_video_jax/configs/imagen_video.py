@@ -117,9 +117,9 @@ def unet_config(
             "guidance_input": False,  # distilled students: the guidance weight w is an input
             "dropout": 0.0,  # dropout rate inside residual blocks (train=True)
             "dtype": "bfloat16",  # compute dtype (parameters stay float32)
-            # auto | xla | cudnn (fused: spatial and temporal attention) | pallas (temporal
+            # auto | xla | cudnn (fused: all attention) | pallas (temporal
             # attention by the Pallas kernels, spatial as auto) | pallas_cudnn (the Pallas
-            # kernels, and cuDNN's fused kernel for spatial attention)
+            # kernels, and cuDNN's fused kernel for spatial and cross-attention)
             "attention_impl": "auto",
             # rematerialisation: none | block | dots | dots_spatial | dots_attention
             "remat": settings["remat"],

@@ -7,8 +7,9 @@ layout with the pixels folded into the heads (:func:`fused_frame_attention`; on 
 train step was 12 % slower with it at T = 16, docs/PERFORMANCE.md), or with
 ``implementation='pallas'`` by kernels that read that layout once
 (:mod:`imagen_video_jax.models.pallas_attention`; spatial attention then picks its kernel as
-'auto' does, or cuDNN's fused kernel with ``'pallas_cudnn'``). All compute in the compute
-dtype, with a zero-initialised output projection so each block starts as the identity.
+'auto' does, or, with ``'pallas_cudnn'``, cuDNN's fused kernel; cross-attention takes the
+spatial attention's kernel). All compute in the compute dtype, with a zero-initialised output
+projection so each block starts as the identity.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def output_projection(features: int, dtype, name: str = "out") -> nn.DenseGenera
 # model.attention_impl values naming different kernels for temporal and spatial attention:
 # (temporal, spatial). 'pallas' names a temporal kernel only, so spatial attention picks as
 # 'auto' (None) does; 'pallas_cudnn' adds cuDNN's fused kernel for spatial attention. Every
-# other value names one kernel for both.
+# other value names one kernel for both. Cross-attention takes the spatial attention's kernel.
 _SPLIT_IMPLEMENTATIONS = {"pallas": ("pallas", None), "pallas_cudnn": ("pallas", "cudnn")}
 
 
@@ -328,6 +329,7 @@ class CrossAttention(nn.Module):
     head_dim: int
     groups: int
     dtype: jnp.dtype
+    implementation: str | None = None  # model.attention_impl; the spatial attention's kernel
 
     @nn.compact
     def __call__(self, x: jax.Array, text: jax.Array, text_mask: jax.Array) -> jax.Array:
@@ -342,7 +344,32 @@ class CrossAttention(nn.Module):
         kv = heads_projection(
             heads, self.head_dim, self.dtype, parts=2, name="kv", in_axis="text_embed"
         )(text.astype(self.dtype))
-        mask = text_mask[:, None, None, :]
-        out = jax.nn.dot_product_attention(q[:, :, 0], kv[:, :, 0], kv[:, :, 1], mask=mask)
+        implementation = attention_kernels(self.implementation)[1]
+        out = attend_text(q[:, :, 0], kv[:, :, 0], kv[:, :, 1], text_mask, implementation)
         out = output_projection(c, self.dtype)(out).reshape(x.shape)
         return constrain_video(x + out)
+
+
+def attend_text(
+    q: jax.Array, k: jax.Array, v: jax.Array, text_mask: jax.Array, implementation: str | None
+) -> jax.Array:
+    """Queries [B, L, heads, d] attend to the valid tokens of keys and values [B, S, heads, d]
+    (``text_mask`` [B, S], True: valid) through ``jax.nn.dot_product_attention``.
+
+    A caption masked whole (the null text of classifier-free guidance) gets the mean of its
+    values, with no gradient to its logits, whatever the kernel: XLA's kernel gives that by
+    selecting one logit for every masked key. cuDNN's adds the mask as a bias, which it takes
+    only for every query ([B, 1, L, S]), and its softmax would pass gradient to those logits,
+    so its output is replaced there. cuDNN is given such a caption unmasked: with every key
+    masked its backward pass computes NaN (the exponential of -inf less -inf), which the
+    replacement's zero gradient would not cancel.
+    """
+    if implementation != "cudnn":
+        mask = text_mask[:, None, None, :]
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    b, length, s = q.shape[0], q.shape[1], k.shape[1]
+    any_valid = jnp.any(text_mask, axis=-1)[:, None]
+    mask = jnp.broadcast_to((text_mask | ~any_valid)[:, None, None, :], (b, 1, length, s))
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+    mean = jnp.mean(v, axis=1, keepdims=True, dtype=jnp.float32).astype(out.dtype)
+    return jnp.where(any_valid[:, :, None, None], out, mean)

@@ -114,9 +114,9 @@ class SpaceTimeBlock(nn.Module):
                 o.head_dim, o.groups, o.dtype, o.attention_impl, name="spatial_attention"
             )(h)
         if self.cross_attention:
-            h = o.wrap(CrossAttention)(o.head_dim, o.groups, o.dtype, name="cross_attention")(
-                h, text, text_mask
-            )
+            h = o.wrap(CrossAttention)(
+                o.head_dim, o.groups, o.dtype, o.attention_impl, name="cross_attention"
+            )(h, text, text_mask)
         if self.temporal_mixing == "attention":
             h = o.wrap(TemporalAttention)(
                 o.head_dim,
