@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imagen_video_jax.models.layers import SubpixelConv, frame_group_norm
+from imagen_video_jax.models.layers import ResBlock, SubpixelConv, frame_group_norm
 from imagen_video_jax.models.unet import dots_remat_policy
 
 EPS = 1e-5
@@ -88,6 +88,56 @@ def test_frame_group_norm_gradient_matches_finite_differences(shape, groups, fil
         expected = (ref_loss(plus) - ref_loss(minus)) / (2 * step)
         got = float(np.sum(np.asarray(grads[name], np.float64) * u))
         assert got == pytest.approx(expected, rel=2e-4, abs=1e-3), name
+
+
+@pytest.mark.parametrize("split", [(3, 5), (4, 4), (1, 2, 5)])
+def test_frame_group_norm_of_channel_parts_is_the_norm_of_their_concatenation(split):
+    """Parts whose groups straddle them (groups of 4 channels) give the concatenation's norm,
+    FiLM and SiLU included, and their gradients are its gradient's channel slices."""
+    v = {k: jnp.asarray(a, jnp.float32) for k, a in _norm_case(4, (2, 3, 4, 5, 8), True).items()}
+    film = (v["scale"], v["shift"])
+    parts = tuple(jnp.split(v["x"], np.cumsum(split)[:-1], axis=-1))
+    weights = jnp.asarray(np.random.default_rng(5).normal(size=v["x"].shape), jnp.float32)
+
+    def loss(x, gamma, beta, film):
+        out = frame_group_norm(x, gamma, beta, film, 2, EPS, True, jnp.float32)
+        return jnp.sum(weights * out), out
+
+    grad = jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True)
+    whole_grads, whole = grad(v["x"], v["gamma"], v["beta"], film)
+    parts_grads, of_parts = grad(parts, v["gamma"], v["beta"], film)
+    np.testing.assert_allclose(of_parts, whole, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        jnp.concatenate(parts_grads[0], axis=-1), whole_grads[0], rtol=1e-5, atol=1e-6
+    )
+    assert [g.shape for g in parts_grads[0]] == [x.shape for x in parts]
+    for got, want in zip(jax.tree.leaves(parts_grads[1:]), jax.tree.leaves(whole_grads[1:])):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_res_block_with_a_skip_is_the_block_of_their_concatenation():
+    """The skip joins the input without a concatenation: the same output and, per part, the
+    concatenation's gradient, with the same parameters."""
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    x, skip = (jax.random.normal(k, (2, 3, 4, 4, c)) for k, c in zip(keys[:2], (8, 4)))
+    emb = jax.random.normal(keys[2], (2, 16))
+    block = ResBlock(features=8, groups=4, dtype=jnp.float32)
+    params = block.init(keys[3], x, emb, skip)
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(keys[3], p.shape), params)
+    weights = jax.random.normal(keys[0], x.shape)
+
+    def loss(params, *inputs):
+        return jnp.sum(weights * block.apply(params, *inputs))
+
+    joined = jnp.concatenate([x, skip], axis=-1)
+    got = jax.grad(lambda p, x, skip: loss(p, x, emb, skip), argnums=(0, 1, 2))(params, x, skip)
+    want = jax.grad(lambda p, joined: loss(p, joined, emb), argnums=(0, 1))(params, joined)
+    np.testing.assert_allclose(
+        block.apply(params, x, emb, skip), block.apply(params, joined, emb), rtol=1e-5, atol=1e-5
+    )
+    for g, w in zip(jax.tree.leaves(got[0]), jax.tree.leaves(want[0])):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jnp.concatenate(got[1:], -1), want[1], rtol=1e-4, atol=1e-5)
 
 
 def _ref_args(values):

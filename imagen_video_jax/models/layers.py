@@ -134,7 +134,9 @@ class FrameGroupNorm(nn.Module):
     and followed by SiLU (``silu``), in one fused pass (see :func:`frame_group_norm`).
 
     Per-frame statistics keep image frames packed into a video batch independent of the video
-    frames. Statistics are float32 whatever the compute dtype.
+    frames. Statistics are float32 whatever the compute dtype. ``x`` may be a tuple of parts
+    whose channels, concatenated, are the ones normalised (a U-Net skip connection beside its
+    input): only the output holds them together.
     """
 
     groups: int
@@ -143,15 +145,25 @@ class FrameGroupNorm(nn.Module):
     silu: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, scale_shift: tuple[jax.Array, jax.Array] | None = None):
-        channels = x.shape[-1]
+    def __call__(
+        self,
+        x: jax.Array | Sequence[jax.Array],
+        scale_shift: tuple[jax.Array, jax.Array] | None = None,
+    ):
+        parts = channel_parts(x)
+        channels = sum(part.shape[-1] for part in parts)
         gamma = self.param("scale", partitioned(nn.initializers.ones_init(), (None,)), (channels,))
         beta = self.param("bias", partitioned(nn.initializers.zeros_init(), (None,)), (channels,))
         film = None if scale_shift is None else tuple(scale_shift)
         groups = min(self.groups, channels)
         return frame_group_norm(
-            x, gamma, beta, film, groups, self.epsilon, self.silu, jnp.dtype(self.dtype)
+            parts, gamma, beta, film, groups, self.epsilon, self.silu, jnp.dtype(self.dtype)
         )
+
+
+def channel_parts(x: jax.Array | Sequence[jax.Array]) -> tuple[jax.Array, ...]:
+    """An array, or parts to concatenate along channels, as a tuple of parts."""
+    return (x,) if isinstance(x, jax.Array) else tuple(x)
 
 
 Film = tuple[jax.Array, jax.Array] | None
@@ -161,9 +173,8 @@ Film = tuple[jax.Array, jax.Array] | None
 NORM_STATISTICS = "norm_statistics"
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def frame_group_norm(
-    x: jax.Array,
+    x: jax.Array | Sequence[jax.Array],
     gamma: jax.Array,
     beta: jax.Array,
     film: Film,
@@ -174,58 +185,77 @@ def frame_group_norm(
 ) -> jax.Array:
     """``act((norm(x) * gamma + beta) * (1 + scale) + shift)`` in ``dtype``, per frame.
 
-    ``x`` [B, T, ..., C]: mean and variance over every axis after the frame axis and the C /
-    ``groups`` channels of a group, in float32 and in one pass (sum and sum of squares).
-    ``film`` is None or (scale, shift), each [B, C]; ``act`` is SiLU if ``silu``, else identity.
+    ``x`` [B, T, ..., C], or a tuple of parts [B, T, ..., C_i] that are concatenated along
+    channels: each part is read where it lies (a group may span two parts) and the
+    concatenation is written only as the output, its gradient returned per part. Mean and
+    variance over every axis after the frame axis and the C / ``groups`` channels of a group,
+    in float32 and in one pass (sum and sum of squares). ``film`` is None or (scale, shift),
+    each [B, C]; ``act`` is SiLU if ``silu``, else identity.
 
-    The custom gradient keeps only ``x`` and the per-frame statistics for the backward pass
-    and reduces there over pixels once (two per-channel sums); the normalised values are
+    The custom gradient keeps only the input and the per-frame statistics for the backward
+    pass and reduces there over pixels once (two per-channel sums); the normalised values are
     recomputed elementwise. Memory-bound norms are the largest non-matmul cost of the U-Net,
     and letting autodiff differentiate the forward formula costs several full-size reductions
     and float32 intermediates per norm. Reverse mode only (no ``jax.jvp``).
     """
-    return _norm_forward(x, gamma, beta, film, groups, epsilon, silu, dtype)[0]
+    return _frame_group_norm(channel_parts(x), gamma, beta, film, groups, epsilon, silu, dtype)
 
 
-def _norm_forward(x, gamma, beta, film, groups, epsilon, silu, dtype):
-    pixels = _pixels_view(x).astype(jnp.float32)
-    # Two per-channel sums over the pixels (one pass over x), then tiny sums over each group.
-    moments = jnp.stack([jnp.sum(pixels, axis=2), jnp.sum(jnp.square(pixels), axis=2)])
-    mean, mean_square = _group_sum(moments, groups) / _group_size(pixels, groups)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _frame_group_norm(parts, gamma, beta, film, groups, epsilon, silu, dtype) -> jax.Array:
+    return _norm_forward(parts, gamma, beta, film, groups, epsilon, silu, dtype)[0]
+
+
+def _norm_forward(parts, gamma, beta, film, groups, epsilon, silu, dtype):
+    views = [_pixels_view(x).astype(jnp.float32) for x in parts]
+    # Two per-channel sums over the pixels (one pass over each part), then tiny sums over
+    # each group.
+    moments = _channels(
+        [jnp.stack([jnp.sum(v, axis=2), jnp.sum(jnp.square(v), axis=2)]) for v in views]
+    )
+    mean, mean_square = _group_sum(moments, groups) / _group_size(views[0], moments, groups)
     inv_std = jax.lax.rsqrt(jnp.maximum(mean_square - jnp.square(mean), 0.0) + epsilon)
     mean, inv_std = (checkpoint_name(v, NORM_STATISTICS) for v in (mean, inv_std))
-    y, _ = _modulated(pixels, mean, inv_std, gamma, beta, film)
-    out = (nn.silu(y) if silu else y).astype(dtype).reshape(x.shape)
-    return out, (x, mean, inv_std, gamma, beta, film)
+    outs = []
+    for view, slot in zip(views, _channel_slots(parts)):
+        y, _ = _modulated(view, slot, mean, inv_std, gamma, beta, film)
+        outs.append((nn.silu(y) if silu else y).astype(dtype))
+    out = _channels(outs).reshape(*parts[0].shape[:-1], moments.shape[-1])
+    return out, (parts, mean, inv_std, gamma, beta, film)
 
 
 def _norm_backward(groups, epsilon, silu, dtype, residuals, grad_out):
     del epsilon, dtype
-    x, mean, inv_std, gamma, beta, film = residuals
-    pixels = _pixels_view(x).astype(jnp.float32)
-    y, normed = _modulated(pixels, mean, inv_std, gamma, beta, film)
-    grad_y = _pixels_view(grad_out).astype(jnp.float32)
-    if silu:
-        sigmoid = jax.nn.sigmoid(y)
-        grad_y = grad_y * sigmoid * (1.0 + y * (1.0 - sigmoid))
+    parts, mean, inv_std, gamma, beta, film = residuals
+    grad_view = _pixels_view(grad_out).astype(jnp.float32)
+    slots = _channel_slots(parts)
+    terms = []  # per part: (normed, grad_y)
+    for x, slot in zip(parts, slots):
+        y, normed = _modulated(
+            _pixels_view(x).astype(jnp.float32), slot, mean, inv_std, gamma, beta, film
+        )
+        grad_y = grad_view[..., slot]
+        if silu:
+            sigmoid = jax.nn.sigmoid(y)
+            grad_y = grad_y * sigmoid * (1.0 + y * (1.0 - sigmoid))
+        terms.append((normed, grad_y))
     # The only full-size reductions: per-channel sums over the pixels (one pass).
-    sums = jnp.stack([jnp.sum(grad_y, axis=2), jnp.sum(grad_y * normed, axis=2)])
+    sums = _channels([jnp.stack([jnp.sum(g, axis=2), jnp.sum(g * n, axis=2)]) for n, g in terms])
 
     gain = _film_gain(film)  # d y / d (normed * gamma + beta): [B, 1, C], or 1.0
     slope = gamma * gain  # d y / d normed
-    mean_grad, mean_grad_normed = _group_sum(slope * sums, groups) / _group_size(pixels, groups)
-    channels = pixels.shape[-1]
-    grad_x = _per_channel(inv_std, channels) * (
-        grad_y * _per_pixel(slope)
-        - _per_channel(mean_grad, channels)
-        - normed * _per_channel(mean_grad_normed, channels)
-    )
+    size = _group_size(grad_view, sums, groups)
+    mean_grad, mean_grad_normed = _group_sum(slope * sums, groups) / size
+    channels = sums.shape[-1]
+    per_channel = [_per_channel(v, channels) for v in (inv_std, mean_grad, mean_grad_normed)]
+    slope = _per_pixel(slope)
+    grad_parts = []
+    for x, slot, (normed, grad_y) in zip(parts, slots, terms):
+        inv, mean_grad, mean_grad_normed = (v[..., slot] for v in per_channel)
+        grad_x = inv * (grad_y * slope[..., slot] - mean_grad - normed * mean_grad_normed)
+        grad_parts.append(grad_x.astype(x.dtype).reshape(x.shape))
     grad_beta, grad_gamma = jnp.sum(gain * sums, axis=(1, 2))
-    grads = (
-        grad_x.astype(x.dtype).reshape(x.shape),
-        grad_gamma.astype(gamma.dtype),
-        grad_beta.astype(beta.dtype),
-    )
+    grads = (tuple(grad_parts), grad_gamma.astype(gamma.dtype), grad_beta.astype(beta.dtype))
     if film is None:
         return (*grads, None)
     grad_shift, grad_normed = jnp.sum(sums, axis=2)  # per example, [B, C]
@@ -233,16 +263,18 @@ def _norm_backward(groups, epsilon, silu, dtype, residuals, grad_out):
     return (*grads, (grad_scale.astype(film[0].dtype), grad_shift.astype(film[1].dtype)))
 
 
-frame_group_norm.defvjp(_norm_forward, _norm_backward)
+_frame_group_norm.defvjp(_norm_forward, _norm_backward)
 
 
-def _modulated(pixels, mean, inv_std, gamma, beta, film) -> tuple[jax.Array, jax.Array]:
-    """(y, normed) of [B, T, P, C] pixels: normed = (x - mean) / std, y before the activation."""
-    channels = pixels.shape[-1]
-    normed = (pixels - _per_channel(mean, channels)) * _per_channel(inv_std, channels)
-    y = normed * gamma + beta
+def _modulated(pixels, slot, mean, inv_std, gamma, beta, film) -> tuple[jax.Array, jax.Array]:
+    """(y, normed) of [B, T, P, C_i] ``pixels``, the channels ``slot`` of the norm's C:
+    normed = (x - mean) / std, y before the activation."""
+    channels = gamma.shape[-1]
+    mean, inv_std = (_per_channel(v, channels)[..., slot] for v in (mean, inv_std))
+    normed = (pixels - mean) * inv_std
+    y = normed * gamma[slot] + beta[slot]
     if film is not None:
-        scale, shift = (_per_pixel(v.astype(jnp.float32)[:, None, :]) for v in film)
+        scale, shift = (_per_pixel(v.astype(jnp.float32)[:, None, slot]) for v in film)
         y = y * (1.0 + scale) + shift
     return y, normed
 
@@ -252,14 +284,26 @@ def _film_gain(film: Film) -> jax.Array | float:
     return 1.0 if film is None else 1.0 + film[0].astype(jnp.float32)[:, None, :]
 
 
+def _channel_slots(parts: Sequence[jax.Array]) -> list[slice]:
+    """Each part's slice of the concatenated channels."""
+    ends = np.cumsum([part.shape[-1] for part in parts])
+    return [slice(int(end) - part.shape[-1], int(end)) for part, end in zip(parts, ends)]
+
+
+def _channels(parts: list[jax.Array]) -> jax.Array:
+    """Concatenate along channels (the last axis); one part is returned as it is."""
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
 def _pixels_view(x: jax.Array) -> jax.Array:
     """[B, T, ..., C] -> [B, T, P, C]: a free reshape putting every pixel of a frame on one axis."""
     return x.reshape(x.shape[0], x.shape[1], -1, x.shape[-1])
 
 
-def _group_size(pixels: jax.Array, groups: int) -> int:
-    """Number of values behind each statistic of [B, T, P, C] ``pixels``: pixels x channels."""
-    return pixels.shape[2] * (pixels.shape[3] // groups)
+def _group_size(pixels: jax.Array, per_channel: jax.Array, groups: int) -> int:
+    """Number of values behind each statistic: the pixels of ``pixels`` [B, T, P, ...] times
+    the channels of a group of ``per_channel`` [..., C]."""
+    return pixels.shape[2] * (per_channel.shape[-1] // groups)
 
 
 def _group_sum(per_channel: jax.Array, groups: int) -> jax.Array:
@@ -290,21 +334,46 @@ class ResBlock(nn.Module):
     def __call__(self, x: jax.Array, emb: jax.Array, skip: jax.Array | None = None) -> jax.Array:
         """x [B,T,H,W,C_in], emb [B,E] (already SiLU-activated) -> [B,T,H,W,features].
 
-        ``skip`` (a U-Net skip connection) is concatenated to ``x`` along channels first;
-        inside the block, so that under rematerialisation the concatenation is recomputed
-        rather than stored next to the skip it copies.
+        ``skip`` (a U-Net skip connection) joins ``x`` along channels. The two are never
+        concatenated: the first norm and the skip projection read each where it lies, and
+        only the norm's output holds their channels together.
         """
-        if skip is not None:
-            x = jnp.concatenate([x, skip], axis=-1)
-        h = FrameGroupNorm(self.groups, self.dtype, silu=True, name="norm_in")(x)
+        parts = (x,) if skip is None else (x, skip)
+        h = FrameGroupNorm(self.groups, self.dtype, silu=True, name="norm_in")(parts)
         h = conv(self.features, (3, 3), self.dtype, name="conv_in")(h)
         scale, shift = jnp.split(dense(2 * self.features, self.dtype, name="film")(emb), 2, -1)
         h = FrameGroupNorm(self.groups, self.dtype, silu=True, name="norm_out")(h, (scale, shift))
         h = nn.Dropout(self.dropout, deterministic=not self.train)(h)
         h = conv(self.features, (3, 3), self.dtype, zero_init=True, name="conv_out")(h)
-        if x.shape[-1] != self.features:
-            x = dense(self.features, self.dtype, name="skip")(x)
+        if sum(part.shape[-1] for part in parts) != self.features:
+            x = PartsDense(self.features, self.dtype, name="skip")(parts)
+        else:
+            x = _channels(list(parts))
         return constrain_video(x.astype(self.dtype) + h)
+
+
+class PartsDense(nn.Module):
+    """:func:`dense` over channel parts that are never concatenated: each part times its rows
+    of the kernel, summed (the parameters of ``dense`` over the concatenation)."""
+
+    features: int
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, parts: Sequence[jax.Array]) -> jax.Array:
+        channels = sum(part.shape[-1] for part in parts)
+        kernel = self.param(
+            "kernel", partitioned(kernel_init(), ("embed", "mlp")), (channels, self.features)
+        )
+        bias = self.param(
+            "bias", partitioned(nn.initializers.zeros_init(), ("mlp",)), (self.features,)
+        )
+        kernel = kernel.astype(self.dtype)
+        products = [
+            jnp.dot(part.astype(self.dtype), kernel[slot])
+            for part, slot in zip(parts, _channel_slots(parts))
+        ]
+        return sum(products[1:], products[0]) + bias.astype(self.dtype)
 
 
 class Downsample(nn.Module):
