@@ -150,7 +150,7 @@ class FrameGroupNorm(nn.Module):
         x: jax.Array | Sequence[jax.Array],
         scale_shift: tuple[jax.Array, jax.Array] | None = None,
     ):
-        parts = channel_parts(x)
+        parts = _channel_parts(x)
         channels = sum(part.shape[-1] for part in parts)
         gamma = self.param("scale", partitioned(nn.initializers.ones_init(), (None,)), (channels,))
         beta = self.param("bias", partitioned(nn.initializers.zeros_init(), (None,)), (channels,))
@@ -161,7 +161,7 @@ class FrameGroupNorm(nn.Module):
         )
 
 
-def channel_parts(x: jax.Array | Sequence[jax.Array]) -> tuple[jax.Array, ...]:
+def _channel_parts(x: jax.Array | Sequence[jax.Array]) -> tuple[jax.Array, ...]:
     """An array, or parts to concatenate along channels, as a tuple of parts."""
     return (x,) if isinstance(x, jax.Array) else tuple(x)
 
@@ -198,7 +198,7 @@ def frame_group_norm(
     and letting autodiff differentiate the forward formula costs several full-size reductions
     and float32 intermediates per norm. Reverse mode only (no ``jax.jvp``).
     """
-    return _frame_group_norm(channel_parts(x), gamma, beta, film, groups, epsilon, silu, dtype)
+    return _frame_group_norm(_channel_parts(x), gamma, beta, film, groups, epsilon, silu, dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
@@ -251,8 +251,9 @@ def _norm_backward(groups, epsilon, silu, dtype, residuals, grad_out):
     slope = _per_pixel(slope)
     grad_parts = []
     for x, slot, (normed, grad_y) in zip(parts, slots, terms):
-        inv, mean_grad, mean_grad_normed = (v[..., slot] for v in per_channel)
-        grad_x = inv * (grad_y * slope[..., slot] - mean_grad - normed * mean_grad_normed)
+        # The part's channels of the per-channel terms.
+        inv, mean_grad_c, mean_grad_normed_c = (v[..., slot] for v in per_channel)
+        grad_x = inv * (grad_y * slope[..., slot] - mean_grad_c - normed * mean_grad_normed_c)
         grad_parts.append(grad_x.astype(x.dtype).reshape(x.shape))
     grad_beta, grad_gamma = jnp.sum(gain * sums, axis=(1, 2))
     grads = (tuple(grad_parts), grad_gamma.astype(gamma.dtype), grad_beta.astype(beta.dtype))
@@ -290,7 +291,7 @@ def _channel_slots(parts: Sequence[jax.Array]) -> list[slice]:
     return [slice(int(end) - part.shape[-1], int(end)) for part, end in zip(parts, ends)]
 
 
-def _channels(parts: list[jax.Array]) -> jax.Array:
+def _channels(parts: Sequence[jax.Array]) -> jax.Array:
     """Concatenate along channels (the last axis); one part is returned as it is."""
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
@@ -348,7 +349,7 @@ class ResBlock(nn.Module):
         if sum(part.shape[-1] for part in parts) != self.features:
             x = PartsDense(self.features, self.dtype, name="skip")(parts)
         else:
-            x = _channels(list(parts))
+            x = _channels(parts)
         return constrain_video(x.astype(self.dtype) + h)
 
 
