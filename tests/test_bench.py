@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import re
 import subprocess
 
 import flax.linen as nn
@@ -20,6 +21,7 @@ from imagen_video_jax.bench import (
     base_train,
     measure,
     paper_memory,
+    profile,
     sample,
     scale,
     temporal_attention,
@@ -270,6 +272,23 @@ def test_scale_config_sets_the_mesh_and_batch():
 
 
 # ----------------------------------------------------------------------------- base-train --compare
+
+
+def test_every_part_of_the_profile_names_ops_of_the_bench_step():
+    """Each of UNET_PARTS' expressions matches a JAX op of a compiled step with the bench's
+    remat and blocks (two levels: upsampling, spatial and temporal attention), as named in
+    the optimised HLO that a profile joins its kernels to."""
+    config = load_config("configs/imagen_video.py:stage=base,size=tiny")
+    assert config.model.channel_mult == (1, 2) and config.model.spatial_attention == (False, True)
+    config.model.remat = "dots_attention"
+    sources = profile.hlo_op_sources(base_train.TrainBench(config).compiled.as_text())
+    unmatched = [
+        name
+        for name, pattern in base_train.UNET_PARTS
+        if not any(re.search(pattern, op) for op in sources.values())
+    ]
+    assert unmatched == []
+
 
 
 def test_compare_times_each_variant_and_remat_leaves_the_first_loss_alone():

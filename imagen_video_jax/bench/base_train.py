@@ -35,7 +35,8 @@ PROFILE_ROWS = 25
 # first that matches taking a kernel; the optimizer, the loss and unnamed ops are the rest.
 UNET_PARTS = (
     ("residual blocks' 3x3 convolutions", r"/res/conv_(in|out)/conv_general_dilated"),
-    ("temporal attention", r"/temporal_attention/"),
+    # In the op names of some Flax versions a wrapped (rematerialised) module is its class.
+    ("temporal attention", r"/(temporal_attention|TemporalAttention)/"),
     ("spatial and cross-attention", r"/(spatial|cross)_attention/"),
     ("residual blocks' norms", r"/res/norm_(in|out)/"),
     ("rest of the residual blocks", r"/res/"),
