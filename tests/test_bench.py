@@ -290,7 +290,6 @@ def test_every_part_of_the_profile_names_ops_of_the_bench_step():
     assert unmatched == []
 
 
-
 def test_compare_times_each_variant_and_remat_leaves_the_first_loss_alone():
     """Variants built in turn in one process; the whole-block remat recomputes the same
     maths, so the first step's loss is the same as without it."""

@@ -22,6 +22,7 @@ from jax.ad_checkpoint import print_saved_residuals
 from imagen_video_jax.config import bundled_config_file, load_config
 from imagen_video_jax.models import VideoUNet, abstract_params, example_inputs
 from imagen_video_jax.models.attention import (
+    TEMPORAL_INPUT,
     TemporalAttention,
     attend_frames,
     attend_text,
@@ -36,7 +37,11 @@ from imagen_video_jax.models.pallas_attention import (
     pallas_frame_attention,
     uses_dots,
 )
-from imagen_video_jax.models.unet import dots_remat_policy, upsample_condition
+from imagen_video_jax.models.unet import (
+    dots_and_temporal_input_policy,
+    dots_remat_policy,
+    upsample_condition,
+)
 from imagen_video_jax.parallel import make_mesh, mesh_context
 from imagen_video_jax.parallel.mesh import DEFAULT_RULES
 
@@ -623,8 +628,24 @@ def test_remat_wraps_every_block_with_its_policy():
     assert _remat_policies({"remat": "dots"}) == [dots_remat_policy] * (5 * 2 + 3 * 2)
     # 'dots_spatial': the same, but the 3 spatial attentions outside any remat region
     assert _remat_policies({"remat": "dots_spatial"}) == [dots_remat_policy] * (5 * 2 + 3)
-    # 'dots_attention': the 3 cross-attentions outside too
-    assert _remat_policies({"remat": "dots_attention"}) == [dots_remat_policy] * (5 * 2)
+    # 'dots_attention': the 3 cross-attentions outside too, and the temporal attention of the
+    # blocks below the top level (down_1_0, middle, up_1_0) keeping its normalised input
+    dots, keeping = dots_remat_policy, dots_and_temporal_input_policy
+    assert _remat_policies({"remat": "dots_attention"}) == (
+        [dots, dots] + [dots, keeping] * 3 + [dots, dots]
+    )
+
+
+def test_dots_attention_keeps_the_temporal_attention_input_below_the_top_level(capsys):
+    """The residuals of a 'dots_attention' U-Net: the temporal attention's normalised input
+    of each level-1 block (4 x 4, 16 channels in the tiny base), none at the top level."""
+    config = stage_config("base", remat="dots_attention")
+    model = VideoUNet.from_config(config.model)
+    params = nn.unbox(abstract_params(config.model))
+    inputs = stage_inputs(config, batch=1, frames=2)
+    print_saved_residuals(lambda p: jnp.sum(model.apply({"params": p}, **inputs)), params)
+    kept = [line for line in capsys.readouterr().out.splitlines() if TEMPORAL_INPUT in line]
+    assert [line.split()[0] for line in kept] == ["bf16[1,2,4,4,16]"] * 3
 
 
 def _loss_and_gradient(remat: str):

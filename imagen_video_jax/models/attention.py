@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec as P
 
 from imagen_video_jax.models.layers import (
@@ -133,6 +134,11 @@ class SpatialAttention(nn.Module):
 RELATIVE_BIAS_INIT_STD = 0.5
 
 
+# The name of the temporal attention's normalised input, for remat policies: the projection's
+# kernel gradient reads it, which a rematerialised block would otherwise normalise again.
+TEMPORAL_INPUT = "temporal_attention_input"
+
+
 class TemporalAttention(nn.Module):
     """Self-attention among the T frames at each pixel, per head.
 
@@ -158,7 +164,7 @@ class TemporalAttention(nn.Module):
     def __call__(self, x: jax.Array, video_frames: jax.Array | None = None) -> jax.Array:
         b, t, height, width, c = x.shape
         heads = _num_heads(c, self.head_dim)
-        h = FrameGroupNorm(self.groups, self.dtype, name="norm")(x)
+        h = checkpoint_name(FrameGroupNorm(self.groups, self.dtype, name="norm")(x), TEMPORAL_INPUT)
         qkv, qkv_bias = heads_projection(
             heads, self.head_dim, self.dtype, parts=3, name="qkv", in_axis="embed"
         )(h.reshape(b, t, height * width, c), add_bias=False)
