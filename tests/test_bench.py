@@ -274,6 +274,25 @@ def test_scale_config_sets_the_mesh_and_batch():
 # ----------------------------------------------------------------------------- base-train --compare
 
 
+@pytest.mark.parametrize(
+    "op_name, part",
+    [
+        ("up_0_0/checkpoint/res/conv_in/conv_general_dilated", "residual blocks' 3x3"),
+        ("up_0_0/checkpoint/ResBlock/conv_in/conv_general_dilated", "residual blocks' 3x3"),
+        ("down_0_1/ResBlock/norm_out/reduce_sum", "residual blocks' norms"),
+        ("down_0_1/ResBlock/film/dot_general", "rest of the residual blocks"),
+        ("checkpoint/TemporalAttention/temporal_attention_backward/pallas_call", "temporal"),
+        ("down_2_1/CrossAttention/dot_product_attention_bwd", "spatial and cross"),
+        ("up_1_resample/conv/conv_general_dilated", "upsampling"),
+    ],
+)
+def test_a_block_module_named_by_attribute_or_class_falls_in_its_part(op_name, part):
+    """Op names of a rematerialised block's modules, in both forms seen in GPU profiles."""
+    path = f"jit(step)/transpose(jvp(VideoUNet))/{op_name}"
+    matched = next(name for name, pattern in base_train.UNET_PARTS if re.search(pattern, path))
+    assert matched.startswith(part)
+
+
 def test_every_part_of_the_profile_names_ops_of_the_bench_step():
     """Each of UNET_PARTS' expressions matches a JAX op of a compiled step with the bench's
     remat and blocks (two levels: upsampling, spatial and temporal attention), as named in

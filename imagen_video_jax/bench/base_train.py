@@ -33,13 +33,18 @@ PROFILED_STEPS = 3
 PROFILE_ROWS = 25
 # The U-Net step's parts for a profile's table by part: (name, expression on the JAX op), the
 # first that matches taking a kernel; the optimizer, the loss and unnamed ops are the rest.
+# A block's module is named by its attribute name or, in the op names of a rematerialised
+# block on some installs, by its class: both are matched.
+_RES = "/(res|ResBlock)/"
 UNET_PARTS = (
-    ("residual blocks' 3x3 convolutions", r"/res/conv_(in|out)/conv_general_dilated"),
-    # In the op names of some Flax versions a wrapped (rematerialised) module is its class.
+    ("residual blocks' 3x3 convolutions", _RES + r"conv_(in|out)/conv_general_dilated"),
     ("temporal attention", r"/(temporal_attention|TemporalAttention)/"),
-    ("spatial and cross-attention", r"/(spatial|cross)_attention/"),
-    ("residual blocks' norms", r"/res/norm_(in|out)/"),
-    ("rest of the residual blocks", r"/res/"),
+    (
+        "spatial and cross-attention",
+        r"/(spatial_attention|cross_attention|SpatialAttention|CrossAttention)/",
+    ),
+    ("residual blocks' norms", _RES + r"norm_(in|out)/"),
+    ("rest of the residual blocks", _RES),
     ("upsampling", r"/up_\d+_resample/"),
     ("downsampling", r"/down_\d+_resample/"),
     ("rest of the U-Net", r"VideoUNet"),
