@@ -478,8 +478,9 @@ def _conv_2x2(padded: jax.Array, kernel: jax.Array) -> jax.Array:
 
     As a convolution, XLA:GPU takes that gradient as a forward convolution over transposed
     copies of both operands: on an H200, 1.9 ms a bench-base-train step for the three
-    upsamplings' kernel gradients and 0.8 ms for the copies. On XLA:CPU the padded input and
-    VALID window keep it fast (a 2x2 window with SAME-style padding had no fast path there).
+    upsamplings' kernel gradients and 0.8 ms for the copies; as matmuls the step took 1.1 ms
+    less, for 0.38 GiB more at its peak (docs/PERFORMANCE.md). On XLA:CPU the padded input
+    and VALID window keep it fast (a 2x2 window with SAME-style padding had no fast path there).
     """
     return _conv_2x2_valid(padded, kernel)
 

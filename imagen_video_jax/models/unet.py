@@ -94,8 +94,8 @@ class BlockOptions:
         cross-attention's (queries x text tokens): with XLA's cross-attention that took the
         step from 91.1 to 90.2 ms for 1.0 GiB more, with cuDNN's from 90.4 to 89.1 ms for
         0.6 GiB more. Below the top level it also keeps the temporal attention's normalised
-        input (:func:`dots_and_temporal_input_policy`): 85.7 to 85.1 ms for 0.45 GiB more;
-        at the top level as well, 1.3 ms less for 3.5 GiB more, past a 16 GiB budget.
+        input (:func:`dots_and_temporal_input_policy`): 85.7 to 85.1 ms for 0.45 GiB more.
+        Kept at every level it saved 1.3 ms for 3.5 GiB, past bench-base-train's 16 GiB.
         """
         if self.remat == "none" or module_cls in KEPT_WHOLE.get(self.remat, ()):
             return module_cls
