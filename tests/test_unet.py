@@ -628,11 +628,11 @@ def test_remat_wraps_every_block_with_its_policy():
     assert _remat_policies({"remat": "dots"}) == [dots_remat_policy] * (5 * 2 + 3 * 2)
     # 'dots_spatial': the same, but the 3 spatial attentions outside any remat region
     assert _remat_policies({"remat": "dots_spatial"}) == [dots_remat_policy] * (5 * 2 + 3)
-    # 'dots_attention': the 3 cross-attentions outside too, and the temporal attention of the
-    # blocks below the top level (down_1_0, middle, up_1_0) keeping its normalised input
+    # 'dots_attention': the 3 cross-attentions outside too, and the blocks below the top level
+    # (down_1_0, middle, up_1_0) keeping the temporal attention's normalised input
     dots, keeping = dots_remat_policy, dots_and_temporal_input_policy
     assert _remat_policies({"remat": "dots_attention"}) == (
-        [dots, dots] + [dots, keeping] * 3 + [dots, dots]
+        [dots, dots] + [keeping, keeping] * 3 + [dots, dots]
     )
 
 

@@ -99,12 +99,15 @@ class BlockOptions:
         """
         if self.remat == "none" or module_cls in KEPT_WHOLE.get(self.remat, ()):
             return module_cls
+        return nn.remat(module_cls, policy=self._policy())
+
+    def _policy(self):
+        """The remat policy of this block's modules (None: recompute everything)."""
         if self.remat == "block":
-            return nn.remat(module_cls, policy=None)
-        keeps_input = self.remat == "dots_attention" and self.level > 0
-        if module_cls is TemporalAttention and keeps_input:
-            return nn.remat(module_cls, policy=dots_and_temporal_input_policy)
-        return nn.remat(module_cls, policy=dots_remat_policy)
+            return None
+        if self.remat == "dots_attention" and self.level > 0:
+            return dots_and_temporal_input_policy  # the name only TemporalAttention gives
+        return dots_remat_policy
 
 
 # The remat policies that leave some blocks out of rematerialisation: those blocks.
