@@ -449,7 +449,8 @@ class SubpixelConv(nn.Module):
         )
         # [O, 3, 3, I] -> [O, a, u, b, v, I] (row phase a, row tap u, column phase b, tap v)
         # -> [u, v, I, (a, b, O)]: one 2x2 kernel with the 4 phases as output channels.
-        phase_kernel = _fold_taps(_fold_taps(kernel, 1), 3)
+        # Folded in float32 whatever the kernel's dtype (cast_kernels may give bfloat16).
+        phase_kernel = _fold_taps(_fold_taps(kernel.astype(jnp.float32), 1), 3)
         phase_kernel = jnp.transpose(phase_kernel, (2, 4, 5, 1, 3, 0))
         phase_kernel = phase_kernel.reshape(2, 2, channels, 4 * self.features)
         frames = x.reshape(-1, height, width, channels).astype(self.dtype)

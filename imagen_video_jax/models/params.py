@@ -67,3 +67,21 @@ def count_params(model_config: Mapping[str, Any]) -> int:
     """Number of parameters of ``model_config``, computed on abstract shapes (no memory)."""
     leaves = jax.tree.leaves(abstract_params(model_config))
     return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in leaves))
+
+
+def cast_kernels(params: Any, dtype: Any) -> Any:
+    """``params`` with every leaf named 'kernel' in ``dtype``; other leaves as they are.
+
+    Every module of the U-Net casts its kernels to the compute dtype before its product, so
+    casting them once beforehand changes no product but the upsampling's, which then sums
+    its 3 x 3 taps from the rounded kernel. A train step that does so keeps
+    rematerialised blocks from casting every kernel again; the kernels' gradients then come
+    out of the products in ``dtype``. Norm scales, biases and the relative position tables
+    keep their dtype.
+    """
+
+    def cast(path: tuple, leaf: jax.Array) -> jax.Array:
+        names = [key.key for key in path if isinstance(key, jax.tree_util.DictKey)]
+        return leaf.astype(dtype) if names and names[-1] == "kernel" else leaf
+
+    return jax.tree_util.tree_map_with_path(cast, params)

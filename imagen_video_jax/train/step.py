@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from imagen_video_jax.models import cast_kernels
 from imagen_video_jax.parallel import Rules, batch_sharding
 from imagen_video_jax.train.objective import ApplyFn, StageObjective, stage_loss
 from imagen_video_jax.train.optimizer import global_norm, learning_rate_schedule
@@ -52,16 +53,27 @@ def _loss_and_grads(
     batch: Batch,
     key: jax.Array,
     accum_steps: int,
+    kernel_dtype: Any = None,
 ) -> tuple[jax.Array, Any]:
-    """Mean loss and gradient over the batch, in ``accum_steps`` sequential micro-batches."""
-    grad_fn = jax.value_and_grad(loss_fn)
-    if accum_steps == 1:
-        return grad_fn(params, batch, key)
+    """Mean loss and gradient over the batch, in ``accum_steps`` sequential micro-batches.
 
-    def accumulate(carry, inputs):
+    With ``kernel_dtype`` the loss takes the kernels cast to it (:func:`cast_kernels`); the
+    gradients are returned, and summed over micro-batches, in the params' own dtypes.
+    """
+    inputs = params if kernel_dtype is None else cast_kernels(params, kernel_dtype)
+    value_and_grad = jax.value_and_grad(loss_fn)
+
+    def grad_fn(micro: Batch, micro_key: jax.Array) -> tuple[jax.Array, Any]:
+        loss, grads = value_and_grad(inputs, micro, micro_key)
+        return loss, jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
+
+    if accum_steps == 1:
+        return grad_fn(batch, key)
+
+    def accumulate(carry, micro_inputs):
         loss_sum, grad_sum = carry
-        index, micro = inputs
-        loss, grads = grad_fn(params, micro, jax.random.fold_in(key, index))
+        index, micro = micro_inputs
+        loss, grads = grad_fn(micro, jax.random.fold_in(key, index))
         return (loss_sum + loss, jax.tree_util.tree_map(jnp.add, grad_sum, grads)), None
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -82,14 +94,20 @@ def make_update_step(
     rules: Rules,
     *,
     text_encoder: Any = None,
+    kernel_dtype: Any = None,
 ) -> StepFn:
     """``step(state, batch, encoder_params, *extra) -> (state, metrics)`` minimising
     ``loss_fn(params, batch, key, *extra)`` under ``config.train`` settings ``train``.
 
     ``extra`` are further step inputs the loss reads (a distillation teacher's params); the
-    text of the batch is embedded first. A step whose loss or gradient is NaN/inf leaves params,
-    EMA and optimizer state unchanged, counts itself in ``nonfinite_run``/``nonfinite_total``
-    and still advances ``step``.
+    text of the batch is embedded first. ``kernel_dtype``: the model's compute dtype (e.g.
+    'bfloat16'), or None to leave the params as they are. The loss then takes the kernels
+    cast to it once, before the forward pass, rather than each module casting its own, again
+    in every rematerialised block (:func:`cast_kernels`; on an H200 about 0.4 ms of
+    bench-base-train's step, docs/PERFORMANCE.md).
+
+    A step whose loss or gradient is NaN/inf leaves params, EMA and optimizer state unchanged,
+    counts itself in ``nonfinite_run``/``nonfinite_total`` and still advances ``step``.
     """
     accum_steps = int(train["grad_accum_steps"])
     ema_decay = float(train["ema_decay"])
@@ -104,7 +122,9 @@ def make_update_step(
         with nn.logical_axis_rules(rules):
             batch = embed_text(batch, text_encoder, encoder_params)
             key = jax.random.fold_in(state.rng, state.step)
-            loss, grads = _loss_and_grads(loss_with_extra, state.params, batch, key, accum_steps)
+            loss, grads = _loss_and_grads(
+                loss_with_extra, state.params, batch, key, accum_steps, kernel_dtype
+            )
         grad_norm = global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -162,7 +182,14 @@ def make_train_step(
     def loss_fn(params: Any, batch: Batch, key: jax.Array) -> jax.Array:
         return stage_loss(apply_fn, params, batch, key, objective)
 
-    return make_update_step(loss_fn, tx, config["train"], rules, text_encoder=text_encoder)
+    return make_update_step(
+        loss_fn,
+        tx,
+        config["train"],
+        rules,
+        text_encoder=text_encoder,
+        kernel_dtype=config["model"].get("dtype"),
+    )
 
 
 def jit_train_step(
