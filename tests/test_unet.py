@@ -397,7 +397,7 @@ def _bias_masked_attention(q, k, v, *, mask, implementation):
 
 
 @pytest.mark.parametrize("implementation", ["xla", "cudnn"])
-def test_a_caption_masked_whole_gets_the_mean_of_its_values_and_no_logit_gradient(
+def test_a_caption_masked_whole_gets_the_mean_of_its_values_and_no_q_or_k_gradient(
     monkeypatch, implementation
 ):
     """Whatever the kernel does with a masked row (here cuDNN's additive bias, emulated),

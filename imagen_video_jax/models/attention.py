@@ -363,19 +363,19 @@ def attend_text(
     (``text_mask`` [B, S], True: valid) through ``jax.nn.dot_product_attention``.
 
     A caption masked whole (the null text of classifier-free guidance) gets the mean of its
-    values, with no gradient to its logits, whatever the kernel: XLA's kernel gives that by
-    selecting one logit for every masked key. cuDNN's adds the mask as a bias, which it takes
-    only for every query ([B, 1, L, S]), and its softmax would pass gradient to those logits,
-    so its output is replaced there. cuDNN is given such a caption unmasked: with every key
-    masked its backward pass computes NaN (the exponential of -inf less -inf), which the
-    replacement's zero gradient would not cancel.
+    values, with no gradient to its q and k, whatever the kernel. XLA's kernel gives that by
+    selecting one logit for every masked key. cuDNN's adds the mask as a bias, and with
+    every key masked its backward pass computes NaN (the exponential of -inf less -inf); so
+    cuDNN is given such a caption unmasked, with its keys zeroed: every logit is then 0, the
+    softmax uniform, and the gradients of q and k are zero. (Replacing cuDNN's output by the
+    mean instead cost a pass over the output and one over its gradient: 0.5 ms of an H200's
+    bench-base-train step, docs/PERFORMANCE.md.)
     """
     if implementation != "cudnn":
         mask = text_mask[:, None, None, :]
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
     b, length, s = q.shape[0], q.shape[1], k.shape[1]
     any_valid = jnp.any(text_mask, axis=-1)[:, None]
+    k = jnp.where(any_valid[:, :, None, None], k, jnp.zeros_like(k))
     mask = jnp.broadcast_to((text_mask | ~any_valid)[:, None, None, :], (b, 1, length, s))
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
-    mean = jnp.mean(v, axis=1, keepdims=True, dtype=jnp.float32).astype(out.dtype)
-    return jnp.where(any_valid[:, :, None, None], out, mean)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
