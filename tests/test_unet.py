@@ -31,14 +31,14 @@ from imagen_video_jax.models.attention import (
     per_shard,
     temporal_attention_mask,
 )
-from imagen_video_jax.models.layers import NORM_STATISTICS, TemporalConv
+from imagen_video_jax.models.layers import JOINED_INPUT, NORM_STATISTICS, TemporalConv
 from imagen_video_jax.models.pallas_attention import (
     ATTENTION_OUTPUTS,
     pallas_frame_attention,
     uses_dots,
 )
 from imagen_video_jax.models.unet import (
-    dots_and_temporal_input_policy,
+    dots_and_inputs_policy,
     dots_remat_policy,
     upsample_condition,
 )
@@ -629,23 +629,28 @@ def test_remat_wraps_every_block_with_its_policy():
     # 'dots_spatial': the same, but the 3 spatial attentions outside any remat region
     assert _remat_policies({"remat": "dots_spatial"}) == [dots_remat_policy] * (5 * 2 + 3)
     # 'dots_attention': the 3 cross-attentions outside too, and the blocks below the top level
-    # (down_1_0, middle, up_1_0) keeping the temporal attention's normalised input
-    dots, keeping = dots_remat_policy, dots_and_temporal_input_policy
+    # (down_1_0, middle, up_1_0) keeping the normalised inputs named for it
+    dots, keeping = dots_remat_policy, dots_and_inputs_policy
     assert _remat_policies({"remat": "dots_attention"}) == (
         [dots, dots] + [keeping, keeping] * 3 + [dots, dots]
     )
 
 
-def test_dots_attention_keeps_the_temporal_attention_input_below_the_top_level(capsys):
+def test_dots_attention_keeps_the_normalised_inputs_below_the_top_level(capsys):
     """The residuals of a 'dots_attention' U-Net: the temporal attention's normalised input
-    of each level-1 block (4 x 4, 16 channels in the tiny base), none at the top level."""
+    of each level-1 block (4 x 4, 16 channels in the tiny base) and the decoder block's
+    normalised input joined with its skip (16 + 16 channels); none at the top level."""
     config = stage_config("base", remat="dots_attention")
     model = VideoUNet.from_config(config.model)
     params = nn.unbox(abstract_params(config.model))
     inputs = stage_inputs(config, batch=1, frames=2)
     print_saved_residuals(lambda p: jnp.sum(model.apply({"params": p}, **inputs)), params)
-    kept = [line for line in capsys.readouterr().out.splitlines() if TEMPORAL_INPUT in line]
-    assert [line.split()[0] for line in kept] == ["bf16[1,2,4,4,16]"] * 3
+    lines = capsys.readouterr().out.splitlines()
+    for name, shapes in (
+        (TEMPORAL_INPUT, ["bf16[1,2,4,4,16]"] * 3),
+        (JOINED_INPUT, ["bf16[1,2,4,4,32]"]),
+    ):
+        assert [line.split()[0] for line in lines if f"named '{name}'" in line] == shapes
 
 
 def _loss_and_gradient(remat: str):

@@ -322,6 +322,12 @@ def _per_pixel(v: jax.Array) -> jax.Array:
     return v[..., None, :] if jnp.ndim(v) >= 2 else v
 
 
+# The name of a residual block's first norm output where the block joins a skip connection
+# (a decoder block), for remat policies: twice the channels of the block's output, and read by
+# the first convolution's kernel gradient, which would otherwise normalise the input again.
+JOINED_INPUT = "res_joined_input"
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-Conv twice, FiLM by the noise embedding, per frame; zero-init last conv."""
 
@@ -341,6 +347,8 @@ class ResBlock(nn.Module):
         """
         parts = (x,) if skip is None else (x, skip)
         h = FrameGroupNorm(self.groups, self.dtype, silu=True, name="norm_in")(parts)
+        if skip is not None:
+            h = checkpoint_name(h, JOINED_INPUT)
         h = conv(self.features, (3, 3), self.dtype, name="conv_in")(h)
         scale, shift = jnp.split(dense(2 * self.features, self.dtype, name="film")(emb), 2, -1)
         h = FrameGroupNorm(self.groups, self.dtype, silu=True, name="norm_out")(h, (scale, shift))

@@ -25,6 +25,7 @@ from imagen_video_jax.models.attention import (
 )
 from imagen_video_jax.models.embeddings import ScalarEmbedding, masked_mean
 from imagen_video_jax.models.layers import (
+    JOINED_INPUT,
     NORM_STATISTICS,
     Downsample,
     FrameGroupNorm,
@@ -58,9 +59,10 @@ def dots_remat_policy(prim, *_, **params) -> bool:
     return prim is jax.lax.conv_general_dilated_p
 
 
-def dots_and_temporal_input_policy(prim, *avals, **params) -> bool:
-    """:func:`dots_remat_policy`, and the temporal attention's normalised input kept too."""
-    if prim.name == "name" and params["name"] == TEMPORAL_INPUT:
+def dots_and_inputs_policy(prim, *avals, **params) -> bool:
+    """:func:`dots_remat_policy`, and two normalised inputs kept too: the temporal
+    attention's and a decoder residual block's (its input joined with the skip)."""
+    if prim.name == "name" and params["name"] in (TEMPORAL_INPUT, JOINED_INPUT):
         return True
     return dots_remat_policy(prim, *avals, **params)
 
@@ -94,8 +96,10 @@ class BlockOptions:
         cross-attention's (queries x text tokens): with XLA's cross-attention that took the
         step from 91.1 to 90.2 ms for 1.0 GiB more, with cuDNN's from 90.4 to 89.1 ms for
         0.6 GiB more. Below the top level it also keeps the temporal attention's normalised
-        input (:func:`dots_and_temporal_input_policy`): 85.7 to 85.1 ms for 0.45 GiB more.
-        Kept at every level it saved 1.3 ms for 3.5 GiB, past bench-base-train's 16 GiB.
+        input and a decoder block's normalised joined input (:func:`dots_and_inputs_policy`):
+        85.7 to 85.1 ms for 0.45 GiB more, then 85.9 to 85.7 ms for 0.53 GiB more. The
+        temporal input kept at every level saved 1.3 ms for 3.5 GiB, past bench-base-train's
+        16 GiB.
         """
         if self.remat == "none" or module_cls in KEPT_WHOLE.get(self.remat, ()):
             return module_cls
@@ -106,7 +110,7 @@ class BlockOptions:
         if self.remat == "block":
             return None
         if self.remat == "dots_attention" and self.level > 0:
-            return dots_and_temporal_input_policy  # the name only TemporalAttention gives
+            return dots_and_inputs_policy  # names only TemporalAttention and ResBlock give
         return dots_remat_policy
 
 
