@@ -368,7 +368,7 @@ def attend_text(
     every key masked its backward pass computes NaN (the exponential of -inf less -inf); so
     cuDNN is given such a caption unmasked, with its keys zeroed: every logit is then 0, the
     softmax uniform, and the gradients of q and k are zero. (Replacing cuDNN's output by the
-    mean instead cost a pass over the output and one over its gradient: 0.5 ms of an H200's
+    mean instead cost a pass over the output and one over its gradient: 0.7 ms of an H200's
     bench-base-train step, docs/PERFORMANCE.md.)
     """
     if implementation != "cudnn":
