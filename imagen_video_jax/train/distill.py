@@ -324,14 +324,7 @@ def make_distill_step(
     """``step(state, batch, encoder_params, teacher_params, round) -> (state, metrics)``: the
     train step's update, non-finite guard and EMA around the distillation loss."""
     loss = make_distill_loss(apply_fn, DistillObjective.from_config(config))
-    return make_update_step(
-        loss,
-        tx,
-        config["train"],
-        rules,
-        text_encoder=text_encoder,
-        kernel_dtype=config["model"].get("dtype"),
-    )
+    return make_update_step(loss, tx, config, rules, text_encoder=text_encoder)
 
 
 # ----------------------------------------------------------------------------- params

@@ -90,25 +90,25 @@ LossFn = Callable[..., jax.Array]
 def make_update_step(
     loss_fn: LossFn,
     tx: optax.GradientTransformation,
-    train: Mapping,
+    config: Mapping,
     rules: Rules,
     *,
     text_encoder: Any = None,
-    kernel_dtype: Any = None,
 ) -> StepFn:
     """``step(state, batch, encoder_params, *extra) -> (state, metrics)`` minimising
-    ``loss_fn(params, batch, key, *extra)`` under ``config.train`` settings ``train``.
+    ``loss_fn(params, batch, key, *extra)`` under the stage ``config``'s train settings.
 
     ``extra`` are further step inputs the loss reads (a distillation teacher's params); the
-    text of the batch is embedded first. ``kernel_dtype``: the model's compute dtype (e.g.
-    'bfloat16'), or None to leave the params as they are. The loss then takes the kernels
-    cast to it once, before the forward pass, rather than each module casting its own, again
-    in every rematerialised block (:func:`cast_kernels`; on an H200 about 0.4 ms of
-    bench-base-train's step, docs/PERFORMANCE.md).
+    text of the batch is embedded first. Where ``config.model`` names a compute dtype, the
+    loss takes the kernels cast to it once, before the forward pass, rather than each module
+    casting its own, again in every rematerialised block (:func:`cast_kernels`; on an H200
+    about 0.4 ms of bench-base-train's step, docs/PERFORMANCE.md).
 
     A step whose loss or gradient is NaN/inf leaves params, EMA and optimizer state unchanged,
     counts itself in ``nonfinite_run``/``nonfinite_total`` and still advances ``step``.
     """
+    train = config["train"]
+    kernel_dtype = config["model"].get("dtype")
     accum_steps = int(train["grad_accum_steps"])
     ema_decay = float(train["ema_decay"])
     schedule = learning_rate_schedule(train)
@@ -182,14 +182,7 @@ def make_train_step(
     def loss_fn(params: Any, batch: Batch, key: jax.Array) -> jax.Array:
         return stage_loss(apply_fn, params, batch, key, objective)
 
-    return make_update_step(
-        loss_fn,
-        tx,
-        config["train"],
-        rules,
-        text_encoder=text_encoder,
-        kernel_dtype=config["model"].get("dtype"),
-    )
+    return make_update_step(loss_fn, tx, config, rules, text_encoder=text_encoder)
 
 
 def jit_train_step(
