@@ -219,6 +219,21 @@ def test_subpixel_conv_gradients_equal_upsample_then_conv():
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-4, atol=1e-4)
 
 
+def test_subpixel_conv_folds_a_bfloat16_kernel_in_float32():
+    """A train step hands the module its kernel already in bfloat16 (cast_kernels). The taps
+    are still summed in float32, so the output equals that of the same rounded kernel given
+    in float32; summed in bfloat16, the sums of two and three taps would be rounded again."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(2, 4, 6, 8)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(5, 3, 3, 8)), jnp.bfloat16)
+    module = SubpixelConv(5, jnp.bfloat16)
+
+    def apply(kernel):
+        return module.apply({"params": {"kernel": kernel, "bias": jnp.zeros(5)}}, x)
+
+    np.testing.assert_array_equal(apply(kernel), apply(kernel.astype(jnp.float32)))
+
+
 def _equations(fn, *args):
     return {e.primitive.name: e for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns}
 
