@@ -10,10 +10,9 @@ import numpy as np
 import optax
 import pytest
 from test_train_support import FakeVideoData, compilation_cache, make_config, tiny_model
+from test_unet import random_tree, stage_config, stage_inputs
 
-from imagen_video_jax.config import bundled_config_file, load_config
 from imagen_video_jax.models import VideoUNet, abstract_params, cast_kernels
-from imagen_video_jax.models import example_inputs as unet_example_inputs
 from imagen_video_jax.parallel import axis_rules, make_global_batch, make_mesh, mesh_context
 from imagen_video_jax.train.loop import example_inputs
 from imagen_video_jax.train.objective import (
@@ -252,19 +251,13 @@ def test_nonfinite_step_is_skipped_and_counted():
 
 def _one_level_unet():
     """A bfloat16 U-Net of one level (no resampling), its random params and inputs."""
-    config = load_config(f"{bundled_config_file('imagen_video')}:stage=base,size=tiny")
     one_level = {"spatial_attention": (True,), "cross_attention": (True,), "num_res_blocks": (1,)}
-    config.model.update(
-        channel_mult=(1,), temporal_mixing=("attention",), remat="block", **one_level
+    config = stage_config(
+        "base", channel_mult=(1,), temporal_mixing=("attention",), remat="block", **one_level
     )
-    model = VideoUNet.from_config(config.model)
-    inputs = unet_example_inputs(config.model, batch=2, frames=4, height=8, width=8)
-    rng = np.random.default_rng(0)
-    inputs = {k: jnp.asarray(rng.normal(size=v.shape), v.dtype) for k, v in inputs.items()}
-    inputs["text_mask"] = jnp.ones(inputs["text_mask"].shape, bool)
-    abstract = nn.unbox(abstract_params(config.model))
-    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.2, a.shape), jnp.float32), abstract)
-    return model, params, inputs
+    params = random_tree(nn.unbox(abstract_params(config.model)), seed=0)
+    inputs = stage_inputs(config, batch=2, frames=4)
+    return VideoUNet.from_config(config.model), params, inputs
 
 
 def test_cast_kernels_casts_the_kernels_alone():
