@@ -387,12 +387,15 @@ def test_pallas_impls_pick_the_spatial_kernel_beside_the_temporal_kernels(
     assert jaxpr.count("name=temporal_attention_forward") == len(blocks)
 
 
-def _bias_masked_attention(q, k, v, *, mask, implementation):
-    """cuDNN's treatment of a mask, emulated: an additive bias on every logit (here -inf, so
-    that a query whose keys are all masked gives NaN, as cuDNN's backward pass does)."""
-    assert implementation == "cudnn" and mask.shape == (q.shape[0], 1, q.shape[1], k.shape[1])
+def _emulated_cudnn_attention(q, k, v, *, implementation, key_value_seq_lengths=None):
+    """cuDNN's kernel as the U-Net calls it, emulated by einsums: no mask argument, and keys
+    past each caption's length (if given) masked by an additive -inf, so that a length of 0
+    gives NaN, as cuDNN's backward pass would."""
+    assert implementation == "cudnn"
     logits = jnp.einsum("blnd,bsnd->bnls", q, k) / np.sqrt(q.shape[-1])
-    logits = logits + jnp.where(mask, 0.0, -jnp.inf)
+    if key_value_seq_lengths is not None:
+        kept = jnp.arange(k.shape[1]) < key_value_seq_lengths[:, None]
+        logits = logits + jnp.where(kept, 0.0, -jnp.inf)[:, None, None, :]
     return jnp.einsum("bnls,bsnd->blnd", jax.nn.softmax(logits, axis=-1), v)
 
 
@@ -400,11 +403,11 @@ def _bias_masked_attention(q, k, v, *, mask, implementation):
 def test_a_caption_masked_whole_gets_the_mean_of_its_values_and_no_q_or_k_gradient(
     monkeypatch, implementation
 ):
-    """Whatever the kernel does with a masked row (here cuDNN's additive bias, emulated),
-    the null caption's queries get the mean of its values and no gradient reaches its q and
+    """Whatever the kernel does with a masked row (here cuDNN's key lengths, emulated), the
+    null caption's queries get the mean of its values and no gradient reaches its q and
     k; a partly masked caption attends to its valid tokens only."""
     if implementation == "cudnn":
-        monkeypatch.setattr(jax.nn, "dot_product_attention", _bias_masked_attention)
+        monkeypatch.setattr(jax.nn, "dot_product_attention", _emulated_cudnn_attention)
     q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 5, 2, 4)) for i in range(3))
     k, v = k[:, :3], v[:, :3]
     text_mask = jnp.array([[True, True, False], [False, False, False]])
@@ -425,6 +428,25 @@ def test_a_caption_masked_whole_gets_the_mean_of_its_values_and_no_q_or_k_gradie
     want = np.einsum("nls,snd->lnd", probs / probs.sum(-1, keepdims=True), v0)
     np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(grad_k[0, 2], 0.0)
+
+
+def test_cudnn_cross_attention_attends_to_the_valid_tokens_of_a_mask_with_gaps(monkeypatch):
+    """cuDNN (emulated) takes the text mask as a key length per caption; VideoUNet moves each
+    caption's valid tokens first, so a mask with gaps gives what XLA's masked attention
+    gives."""
+    config = stage_config("base", dtype="float32")
+    params = random_tree(abstract_params(config.model), 0)
+    inputs = stage_inputs(config, batch=2, frames=2)
+    gaps = [[False, True, False, True, True], [False, False, True, False, False]]
+    inputs["text_mask"] = jnp.asarray(gaps)
+
+    def apply(implementation):
+        model = VideoUNet.from_config({**config.model.to_dict(), "attention_impl": implementation})
+        return np.asarray(model.apply({"params": params}, **inputs))
+
+    want = apply("xla")
+    monkeypatch.setattr(jax.nn, "dot_product_attention", _emulated_cudnn_attention)
+    np.testing.assert_allclose(apply("pallas_cudnn"), want, rtol=1e-5, atol=1e-5)
 
 
 def test_pallas_attention_takes_dots_where_triton_can_tile_them():

@@ -330,6 +330,7 @@ class CrossAttention(nn.Module):
     """Every pixel of every frame attends to the valid text tokens: [B, T*H*W, heads, d].
 
     Each query is independent, so flattening frames into the query length mixes no frames.
+    With cuDNN's kernel the valid tokens must come first (:func:`attend_text`).
     """
 
     head_dim: int
@@ -356,26 +357,45 @@ class CrossAttention(nn.Module):
         return constrain_video(x + out)
 
 
+def valid_tokens_first(text: jax.Array, text_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Reorder each caption's tokens ``text`` [B, S, D] so that its valid ones (``text_mask``
+    [B, S]) come first, in their own order.
+
+    Cross-attention and the pooled text embedding ignore the order of the tokens, so this
+    changes no output; it lets :func:`attend_text` give cuDNN the mask as a key length per
+    caption, whatever order the caller's mask has.
+    """
+    order = jnp.argsort(~text_mask, axis=-1, stable=True)
+    reordered = jnp.take_along_axis(text, order[:, :, None], axis=1)
+    return reordered, jnp.take_along_axis(text_mask, order, axis=1)
+
+
 def attend_text(
     q: jax.Array, k: jax.Array, v: jax.Array, text_mask: jax.Array, implementation: str | None
 ) -> jax.Array:
     """Queries [B, L, heads, d] attend to the valid tokens of keys and values [B, S, heads, d]
     (``text_mask`` [B, S], True: valid) through ``jax.nn.dot_product_attention``.
 
+    cuDNN's kernel takes the mask as a key length per caption, and so needs the valid tokens
+    first (:func:`valid_tokens_first`; ``VideoUNet`` puts them there). Given as a mask, it
+    would be a [B, 1, L, S] bias made in a pass of its own, with a gradient the kernel writes
+    and XLA then sums over the heads.
+
     A caption masked whole (the null text of classifier-free guidance) gets the mean of its
     values, with no gradient to its q and k, whatever the kernel. XLA's kernel gives that by
-    selecting one logit for every masked key. cuDNN's adds the mask as a bias, and with
-    every key masked its backward pass computes NaN (the exponential of -inf less -inf); so
-    cuDNN is given such a caption unmasked, with its keys zeroed: every logit is then 0, the
-    softmax uniform, and the gradients of q and k are zero. (Replacing cuDNN's output by the
-    mean instead cost a pass over the output and one over its gradient: 0.7 ms of an H200's
-    bench-base-train step, docs/PERFORMANCE.md.)
+    selecting one logit for every masked key. cuDNN's would compute NaN (the exponential of
+    -inf less -inf), so it is given such a caption at full length with its keys zeroed: every
+    logit is then 0, the softmax uniform, and the gradients of q and k are zero. (Replacing
+    cuDNN's output by the mean instead cost a pass over the output and one over its gradient:
+    0.7 ms of an H200's bench-base-train step, docs/PERFORMANCE.md.)
     """
     if implementation != "cudnn":
         mask = text_mask[:, None, None, :]
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
-    b, length, s = q.shape[0], q.shape[1], k.shape[1]
-    any_valid = jnp.any(text_mask, axis=-1)[:, None]
-    k = jnp.where(any_valid[:, :, None, None], k, jnp.zeros_like(k))
-    mask = jnp.broadcast_to((text_mask | ~any_valid)[:, None, None, :], (b, 1, length, s))
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+    lengths = jnp.sum(text_mask, axis=-1, dtype=jnp.int32)
+    null = lengths == 0
+    k = jnp.where(null[:, None, None, None], jnp.zeros_like(k), k)
+    lengths = jnp.where(null, k.shape[1], lengths)
+    return jax.nn.dot_product_attention(
+        q, k, v, key_value_seq_lengths=lengths, implementation="cudnn"
+    )

@@ -22,6 +22,7 @@ from imagen_video_jax.models.attention import (
     CrossAttention,
     SpatialAttention,
     TemporalAttention,
+    valid_tokens_first,
 )
 from imagen_video_jax.models.embeddings import ScalarEmbedding, masked_mean
 from imagen_video_jax.models.layers import (
@@ -318,7 +319,7 @@ class VideoUNet(nn.Module):
         if not self.use_text:
             text = text_mask = None
         elif text_mask is not None:
-            text_mask = jnp.asarray(text_mask).astype(bool)
+            text, text_mask = valid_tokens_first(text, jnp.asarray(text_mask).astype(bool))
 
         inputs = [z]
         if self.cond_channels:
