@@ -449,6 +449,35 @@ def test_cudnn_cross_attention_attends_to_the_valid_tokens_of_a_mask_with_gaps(m
     np.testing.assert_allclose(apply("pallas_cudnn"), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN's kernel needs a GPU")
+def test_cudnn_cross_attention_matches_xla_on_a_gpu():
+    """On a GPU (``JAX_PLATFORMS=cuda``), cuDNN given key lengths against XLA given the mask,
+    in bfloat16: captions partly valid, whole and masked whole; outputs within bfloat16's
+    rounding of the outputs' scale, gradients within 1 % of each one's largest value."""
+    b, length, s, heads, d = 4, 512, 64, 8, 64
+    keys = jax.random.split(jax.random.key(0), 4)
+    q, k, v = (
+        jax.random.normal(key, (b, length if i == 0 else s, heads, d), jnp.bfloat16)
+        for i, key in enumerate(keys[:3])
+    )
+    text_mask = jnp.arange(s)[None] < jnp.asarray([10, s, 0, 33])[:, None]
+    weights = jax.random.normal(keys[3], q.shape, jnp.float32)
+
+    @functools.partial(jax.jit, static_argnums=3)
+    def out_and_grads(q, k, v, implementation):
+        def loss(q, k, v):
+            out = attend_text(q, k, v, text_mask, implementation).astype(jnp.float32)
+            return jnp.sum(out * weights), out
+
+        return jax.grad(loss, (0, 1, 2), has_aux=True)(q, k, v)
+
+    (got_grads, got), (want_grads, want) = (out_and_grads(q, k, v, i) for i in ("cudnn", "xla"))
+    np.testing.assert_allclose(got, want, atol=2**-7 * float(jnp.abs(want).max()))
+    for g, w in zip(got_grads, want_grads):
+        g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+        assert np.abs(g - w).max() <= 0.01 * np.abs(w).max()
+
+
 def test_pallas_attention_takes_dots_where_triton_can_tile_them():
     assert uses_dots(frames=16, head_dim=64) and uses_dots(frames=128, head_dim=16)
     assert not uses_dots(frames=8, head_dim=64) and not uses_dots(frames=16, head_dim=8)
