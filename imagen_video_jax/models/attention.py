@@ -383,11 +383,12 @@ def attend_text(
 
     A caption masked whole (the null text of classifier-free guidance) gets the mean of its
     values, with no gradient to its q and k, whatever the kernel. XLA's kernel gives that by
-    selecting one logit for every masked key. cuDNN's would compute NaN (the exponential of
-    -inf less -inf), so it is given such a caption at full length with its keys zeroed: every
-    logit is then 0, the softmax uniform, and the gradients of q and k are zero. (Replacing
-    cuDNN's output by the mean instead cost a pass over the output and one over its gradient:
-    0.7 ms of an H200's bench-base-train step, docs/PERFORMANCE.md.)
+    selecting one logit for every masked key. cuDNN's, with every key masked, computed NaN in
+    its backward pass (the exponential of -inf less -inf), so it is given such a caption at
+    full length with its keys zeroed: every logit is then 0, the softmax uniform, and the
+    gradients of q and k are zero. (Replacing cuDNN's output by the mean instead cost a pass
+    over the output and one over its gradient: 0.7 ms of an H200's bench-base-train step,
+    docs/PERFORMANCE.md.)
     """
     if implementation != "cudnn":
         mask = text_mask[:, None, None, :]
