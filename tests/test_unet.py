@@ -389,8 +389,8 @@ def test_pallas_impls_pick_the_spatial_kernel_beside_the_temporal_kernels(
 
 def _emulated_cudnn_attention(q, k, v, *, implementation, key_value_seq_lengths=None):
     """cuDNN's kernel as the U-Net calls it, emulated by einsums: no mask argument, and keys
-    past each caption's length (if given) masked by an additive -inf, so that a length of 0
-    gives NaN, as cuDNN's backward pass would."""
+    past each caption's length (if given) masked by an additive -inf, so that a length of 0,
+    which must never reach cuDNN, gives NaN."""
     assert implementation == "cudnn"
     logits = jnp.einsum("blnd,bsnd->bnls", q, k) / np.sqrt(q.shape[-1])
     if key_value_seq_lengths is not None:

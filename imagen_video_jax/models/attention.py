@@ -377,9 +377,9 @@ def attend_text(
     (``text_mask`` [B, S], True: valid) through ``jax.nn.dot_product_attention``.
 
     cuDNN's kernel takes the mask as a key length per caption, and so needs the valid tokens
-    first (:func:`valid_tokens_first`; ``VideoUNet`` puts them there). Given as a mask, it
-    would be a [B, 1, L, S] bias made in a pass of its own, with a gradient the kernel writes
-    and XLA then sums over the heads.
+    first (:func:`valid_tokens_first`; ``VideoUNet`` puts them there when cuDNN is its
+    kernel). Given as a mask, it would be a [B, 1, L, S] bias made in a pass of its own, with
+    a gradient the kernel writes and XLA then sums over the heads.
 
     A caption masked whole (the null text of classifier-free guidance) gets the mean of its
     values, with no gradient to its q and k, whatever the kernel. XLA's kernel gives that by

@@ -22,6 +22,7 @@ from imagen_video_jax.models.attention import (
     CrossAttention,
     SpatialAttention,
     TemporalAttention,
+    attention_kernels,
     valid_tokens_first,
 )
 from imagen_video_jax.models.embeddings import ScalarEmbedding, masked_mean
@@ -319,7 +320,9 @@ class VideoUNet(nn.Module):
         if not self.use_text:
             text = text_mask = None
         elif text_mask is not None:
-            text, text_mask = valid_tokens_first(text, jnp.asarray(text_mask).astype(bool))
+            text_mask = jnp.asarray(text_mask).astype(bool)
+            if attention_kernels(options.attention_impl)[1] == "cudnn":  # reads lengths, not masks
+                text, text_mask = valid_tokens_first(text, text_mask)
 
         inputs = [z]
         if self.cond_channels:
